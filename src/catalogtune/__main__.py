@@ -1,0 +1,3 @@
+from catalogtune.cli import main
+
+raise SystemExit(main())

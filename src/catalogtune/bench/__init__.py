@@ -1,0 +1,34 @@
+"""Benchmarks: each prints JSON figures next to an anchor measured in the same run."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+
+BENCHES: dict[str, tuple[str, str]] = {
+    "prepare": ("catalogtune.bench.prepare", "prepare on synthetic trn.json.gz vs a pandas baseline"),
+    "train": ("catalogtune.bench.train", "LoRA training tokens/s vs TRL SFTTrainer and a bf16 matmul ceiling"),
+    "generate": ("catalogtune.bench.generate", "batched generation vs one prompt at a time"),
+    "retrieve": ("catalogtune.bench.retrieve", "retrieval latency and recall@10 vs exact search"),
+}
+
+
+def emit(result: dict) -> None:
+    """Print one benchmark result as a single JSON line (the last line is the result)."""
+    print(json.dumps(result, sort_keys=False), flush=True)
+
+
+def main(argv: list[str]) -> int:
+    """`catalogtune bench NAME [options]`."""
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in BENCHES:
+        print("usage: catalogtune bench NAME [options]\n\nbenchmarks:")
+        for name, (_, help_) in BENCHES.items():
+            print(f"  {name:<9} {help_}")
+        return 0 if not argv or argv[0] in ("-h", "--help") else 2
+    module = importlib.import_module(BENCHES[argv[0]][0])
+    return int(module.main(argv[1:]) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
