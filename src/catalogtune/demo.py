@@ -1,0 +1,247 @@
+"""`catalogtune demo`: the whole mission on real data, each stage skipped when up to date.
+
+prepare -> analyze -> index -> evaluate the base model -> fine-tune -> evaluate all four
+systems -> ``summary.md`` / ``summary.html``. Every stage writes its own subfolder of ``out``
+(``prep/ eda/ index/ run/ eval/``) and a stamp ``.stage.json`` holding a fingerprint of its
+inputs and settings: a second run skips what is done, an interrupted run continues.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from catalogtune import config
+from catalogtune.util import CatalogtuneError, atomic_write_json, atomic_write_text, read_json, shared_sample
+
+STAMP = ".stage.json"
+"""Suffix of each stage's stamp file inside its folder (``.NAME.stage.json``)."""
+MAIN_METRICS = ("perplexity", "rouge_l", "chrf", "cosine", "unsupported_rate")
+
+
+@dataclass
+class DemoConfig:
+    data: Path | None = None
+    """Raw input (trn.json[.gz], JSONL, Parquet, CSV); default: ../shared/data/amazon_titles_sample.jsonl."""
+    out: Path = Path("demo-out")
+    """Output folder; one subfolder per stage."""
+    model: str = "smollm2-135m"
+    """Base model: a registered name, a local folder or a hub id."""
+    train_config: Path | None = None
+    """Training preset (YAML); default: the trainer's preset for the model."""
+    max_steps: int | None = None
+    """Cap on training steps (None: the preset's epochs)."""
+    limit: int = 40
+    """Test records evaluated per system."""
+    seen_limit: int = 16
+    """Training records evaluated per system (seen products)."""
+    max_new_tokens: int = 160
+    """Generation budget per description."""
+    embedder: str = "minilm"
+    """Embedding model for the index and the metrics ('minilm'; 'hash' is a test fake)."""
+    force: bool = False
+    """Re-run every stage even when its outputs are up to date."""
+
+    def __post_init__(self) -> None:
+        if self.limit <= 0 or self.seen_limit < 0:
+            raise ValueError("limit must be positive and seen_limit not negative")
+
+
+@dataclass
+class DemoResult:
+    out: Path
+    timings: dict[str, float] = field(default_factory=dict)
+    skipped: list[str] = field(default_factory=list)
+    report: dict[str, Any] = field(default_factory=dict)
+
+
+def _file_sig(path: Path) -> str:
+    st = path.stat()
+    return f"{path.resolve()}:{st.st_size}:{int(st.st_mtime)}"
+
+
+def _fingerprint(*parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _stage(res: DemoResult, name: str, folder: Path, fp: str, force: bool, fn: Callable[[], Any]) -> str:
+    """Run ``fn`` unless ``folder``'s stamp holds ``fp``; return the stamp (the next stage's input)."""
+    stamp = folder / f".{name}{STAMP}"
+    if not force and stamp.is_file():
+        try:
+            if read_json(stamp).get("fingerprint") == fp:
+                res.skipped.append(name)
+                res.timings[name] = 0.0
+                print(f"[demo] {name}: up to date, skipped", flush=True)
+                return fp
+        except (ValueError, OSError):
+            pass
+    print(f"[demo] {name} ...", flush=True)
+    t0 = time.perf_counter()
+    fn()
+    res.timings[name] = round(time.perf_counter() - t0, 1)
+    atomic_write_json(stamp, {"fingerprint": fp, "seconds": res.timings[name], "finished": time.time()})
+    print(f"[demo] {name}: done in {res.timings[name]:.1f} s", flush=True)
+    return fp
+
+
+def _default_data(data: Path | None) -> Path:
+    if data is not None:
+        if not Path(data).exists():
+            raise CatalogtuneError(f"input not found: {data}")
+        return Path(data)
+    found = shared_sample()
+    if found is None:
+        raise CatalogtuneError(
+            "no input given and ../shared/data/amazon_titles_sample.jsonl not found; "
+            "pass the real data: catalogtune demo --data /path/to/trn.json.gz"
+        )
+    return found
+
+
+def run(cfg: DemoConfig) -> DemoResult:
+    """Run every stage (or skip it when up to date) and write the summary."""
+    from catalogtune import analyze, evaluate, rag, train
+    from catalogtune.data import prepare
+
+    data = _default_data(cfg.data)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    res = DemoResult(out=out)
+    d = {k: out / k for k in ("prep", "eda", "index", "run", "eval")}
+
+    fp = _stage(res, "prepare", d["prep"], _fingerprint("prep", _file_sig(data)), cfg.force,
+                lambda: prepare.run(prepare.PrepareConfig(inputs=[data], out=d["prep"])))
+    prep_fp = fp
+    _stage(res, "analyze", d["eda"], _fingerprint("eda", prep_fp), cfg.force,
+           lambda: analyze.run(analyze.AnalyzeConfig(data=d["prep"], out=d["eda"])))
+    index_fp = _stage(res, "index", d["index"], _fingerprint("index", prep_fp, cfg.embedder), cfg.force,
+                      lambda: rag.run(rag.IndexConfig(data=d["prep"], out=d["index"], embedder=cfg.embedder)))
+    eval_common = dict(
+        data=d["prep"], out=d["eval"], index=d["index"], limit=cfg.limit, seen_limit=cfg.seen_limit,
+        max_new_tokens=cfg.max_new_tokens, embedder=cfg.embedder,
+    )
+    # Before: the base model alone (the evaluation caches these outputs for the "after" pass).
+    _stage(res, "evaluate-base", d["eval"], _fingerprint("evb", index_fp, cfg.model, eval_common),
+           cfg.force, lambda: evaluate.run(config.build(evaluate.EvalConfig, model=cfg.model, **eval_common)))
+    train_kw: dict[str, Any] = dict(data=d["prep"], out=d["run"], model=cfg.model, max_steps=cfg.max_steps)
+    preset = cfg.train_config
+    train_fp = _stage(res, "train", d["run"], _fingerprint("train", prep_fp, train_kw, str(preset)), cfg.force,
+                      lambda: train.run(_train_config(train, preset, train_kw)))
+    _stage(res, "evaluate", d["eval"], _fingerprint("ev", index_fp, train_fp, eval_common), cfg.force,
+           lambda: evaluate.run(config.build(evaluate.EvalConfig, run=d["run"], **eval_common)))
+    res.report = read_json(d["eval"] / "report.json")
+    write_summary(res, cfg, data)
+    return res
+
+
+def _train_config(train: Any, preset: Path | None, kw: dict[str, Any]) -> Any:
+    if preset is None and hasattr(train, "default_preset"):
+        preset = train.default_preset(kw["model"])
+    return config.build(train.TrainConfig, preset, **kw)
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.3f}" if abs(v) < 1000 else f"{v:.0f}"
+    return "-" if v is None else str(v)
+
+
+def before_after_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per system with the main metrics (the table the demo prints)."""
+    rows = []
+    for name, m in report.get("systems", {}).items():
+        rows.append({"system": name, "n": m.get("n"), **{k: m.get(k) for k in MAIN_METRICS}})
+    return rows
+
+
+def _md_table(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return "(no systems evaluated)\n"
+    cols = list(rows[0])
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(_fmt(r.get(c)) for c in cols) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def _ppl_change(report: dict[str, Any]) -> float | None:
+    s = report.get("systems", {})
+    try:
+        return 1.0 - s["finetuned"]["perplexity"] / s["base"]["perplexity"]
+    except (KeyError, TypeError, ZeroDivisionError):
+        return None
+
+
+def write_summary(res: DemoResult, cfg: DemoConfig, data: Path) -> None:
+    """Write ``summary.md`` and ``summary.html`` that link every stage's report."""
+    from catalogtune import htmlreport
+
+    out = res.out
+    train_summary = read_json(out / "run" / "summary.json") if (out / "run" / "summary.json").is_file() else {}
+    rows = before_after_rows(res.report)
+    seen_rows = before_after_rows(res.report.get("seen", {}))
+    change = _ppl_change(res.report)
+    timing_rows = [{"stage": k, "seconds": v, "skipped": k in res.skipped} for k, v in res.timings.items()]
+    train_keys = ("steps", "wall_s", "useful_tokens_per_s", "initial_val_loss", "best_val_loss", "stopped")
+    train_row = [{k: train_summary.get(k) for k in train_keys}]
+    app_cmd = f"catalogtune app --workspace {out}"
+    md = [
+        "# catalogtune demo summary", "",
+        f"Data: `{data}`  ", f"Base model: `{cfg.model}`", "",
+        "## Test split: before (base) and after (fine-tuned), with and without RAG", "",
+        _md_table(rows),
+    ]
+    if change is not None:
+        md += [f"Perplexity of the fine-tuned model is {change:.0%} lower than the base model's.", ""]
+    md += ["## Seen products (training records)", "", _md_table(seen_rows),
+           "## Training", "", _md_table(train_row),
+           "## Stage times (s)", "", _md_table(timing_rows),
+           "## Reports", "",
+           "- Data quality: [prep/quality_report.json](prep/quality_report.json)",
+           "- Analysis: [eda/report.html](eda/report.html)",
+           "- Training: [run/summary.json](run/summary.json), [run/metrics.jsonl](run/metrics.jsonl), TensorBoard `run/tb/`",
+           "- Evaluation: [eval/report.html](eval/report.html), [eval/report.md](eval/report.md)", "",
+           f"Open the app on these results: `{app_cmd}`", ""]
+    atomic_write_text(out / "summary.md", "\n".join(md))
+    links = "".join(
+        f'<li><a href="{h}">{htmlreport.escape(t)}</a></li>'
+        for t, h in [("Data quality report", "prep/quality_report.json"), ("Analysis report", "eda/report.html"),
+                     ("Training summary", "run/summary.json"), ("Evaluation report", "eval/report.html")]
+    )
+    sections = [
+        ("Before / after on the test split", htmlreport.table(rows)
+         + (f"<p>Perplexity {change:.0%} lower after fine-tuning.</p>" if change is not None else "")),
+        ("Seen products", htmlreport.table(seen_rows)),
+        ("Training", htmlreport.table(train_row)),
+        ("Stage times (s)", htmlreport.table(timing_rows)),
+        ("Reports", f"<ul>{links}</ul><p>Open the app: <code>{htmlreport.escape(app_cmd)}</code></p>"),
+    ]
+    atomic_write_text(out / "summary.html", htmlreport.page("catalogtune demo summary", sections))
+
+
+def print_summary(res: DemoResult) -> None:
+    """The short before/after table, stage times and the app command, on stdout."""
+    print("\nBefore / after (test split):")
+    print(_md_table(before_after_rows(res.report)))
+    change = _ppl_change(res.report)
+    if change is not None:
+        print(f"Perplexity: {change:.0%} lower after fine-tuning.")
+    total = sum(res.timings.values())
+    print("Stage times: " + ", ".join(f"{k} {v:.0f}s" for k, v in res.timings.items()) + f" (total {total:.0f}s)")
+    print(f"Summary: {res.out / 'summary.html'}")
+    print(f"Open the app on these results: catalogtune app --workspace {res.out}")
+
+
+def main(argv: list[str]) -> int:
+    """`catalogtune demo [--data PATH] [--out DIR] [--model NAME] [...]`."""
+    p = argparse.ArgumentParser(prog="catalogtune demo", description=__doc__.splitlines()[0])
+    config.add_arguments(p, DemoConfig)
+    cfg = config.from_namespace(DemoConfig, p.parse_args(argv))
+    res = run(cfg)
+    print_summary(res)
+    return 0
