@@ -140,7 +140,9 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     out = {}
     for f in dataclasses.fields(cfg):
         v = getattr(cfg, f.name)
-        out[f.name] = str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v
+        if isinstance(v, (list, tuple)):
+            v = [str(x) if isinstance(x, Path) else x for x in v]
+        out[f.name] = str(v) if isinstance(v, Path) else v
     return out
 
 
