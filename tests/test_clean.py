@@ -142,3 +142,42 @@ def test_real_sample_quirks_are_cleaned(sample_path):
     kept = [clean.drop_reason(clean.clean_title(r["title"]), r["content"], c, 20) is None
             for r, c in zip(records, cleaned)]
     assert 0.9 < sum(kept) / len(kept) < 1.0
+
+
+def _slow_spaces(text: str) -> str:
+    """The reference whitespace rule: control characters out, runs of whitespace to one space."""
+    return " ".join(clean._CONTROL.sub(" ", text).split())
+
+
+def _synthetic_texts(n: int = 3000) -> tuple[list[str], list[str]]:
+    from catalogtune.data import synthetic
+
+    recs = [json.loads(x) for x in synthetic.iter_lines(n, seed=5)]
+    return [r["title"] for r in recs], [r["content"] for r in recs if r["content"]]
+
+
+def test_fast_paths_give_the_slow_path_results(sample_path):
+    records = [json.loads(line) for line in sample_path.open(encoding="utf-8")]
+    titles, contents = _synthetic_texts()
+    titles += [r["title"] for r in records]
+    contents += [r["content"] for r in records]
+    crafted = ["a  b", "  lead and trail  ", "tab\there", "x   y    z", "nbsp\u00a0\u00a0here", "  ", "",
+               "one.Two  three", "A&amp;B  <b>C</b>", "\u00c9l\u00e8ve   caf\u00e9"]
+    for text in titles + contents + crafted:
+        assert clean._spaces(text) == _slow_spaces(text)
+    # the dirt really is there (else the comparison above would prove little)
+    assert sum("  " in c for c in contents) > 50 and any("\t" in c for c in contents)
+
+
+def test_vectorised_title_keys_match_the_per_title_functions(sample_path):
+    titles, _ = _synthetic_texts()
+    titles += [json.loads(line)["title"] for line in sample_path.open(encoding="utf-8")]
+    titles = [clean.clean_title(t) for t in titles]
+    titles += ["", "!!!", "a _ b", "__", "Red 12 red 12", "x  y", "Black", "12 34", "Ab_cd Ef",
+               "Kids Dance Skirt Neon Green", "green skirt neon kids dance", "Size XL Large x",
+               "\u00c9LAN Dress (Red)", "Book [Vol 2]", "\u6771\u4eac Guide", "zeta Alpha alpha 007"]
+    keys, groups = clean.title_keys(titles)
+    assert keys == [clean.norm_key(t) for t in titles]
+    assert groups == [clean.group_key(t) for t in titles]
+    assert clean.title_keys([]) == ([], [])
+    assert len(set(groups)) > len(titles) // 2  # not all collapsed into a few keys

@@ -13,7 +13,7 @@ import pytest
 
 from catalogtune import cli
 from catalogtune.data import clean, collect, prepare
-from catalogtune.data.io import read_split
+from catalogtune.data.io import prefetch, read_split
 from catalogtune.data.prepare import PrepareConfig, clean_file, run
 from catalogtune.util import CatalogtuneError
 
@@ -297,3 +297,75 @@ def test_kill_leftovers_are_removed(sample_path, tmp_path):
     run(PrepareConfig(inputs=[sample_path], out=tmp_path / "o"))
     assert not stale.exists() and live.exists()
     assert ".prepare.pid" not in {p.name for p in (tmp_path / "o").iterdir()}
+
+
+def test_reader_thread_passes_errors_and_stops_when_closed():
+    import threading
+
+    def failing():
+        yield 1
+        yield 2
+        raise CatalogtuneError("broken input")
+
+    it = prefetch(failing(), 1)
+    assert next(it) == 1 and next(it) == 2
+    with pytest.raises(CatalogtuneError, match="broken input"):
+        next(it)
+    closed = []
+
+    def endless():
+        try:
+            i = 0
+            while True:
+                yield i
+                i += 1
+        finally:
+            closed.append(True)
+
+    threads = threading.active_count()
+    it = prefetch(endless(), 2)
+    assert [next(it) for _ in range(5)] == [0, 1, 2, 3, 4]
+    it.close()
+    assert closed == [True] and threading.active_count() == threads
+
+
+def test_vectorised_dedup_matches_one_by_one(tmp_path):
+    from array import array
+
+    from catalogtune.data.records import CANDIDATE, REASON_CODE, SCHEMA, ChunkResult
+
+    rng = random.Random(3)
+    got: list[tuple[int, str]] = []
+    col = collect.Collector(lambda split, table: got.extend((split, i) for i in table.column("id").to_pylist()))
+    seen: dict[int, int] = {}
+    want_rows: list[tuple[int, str]] = []
+    want_status: list[int] = []
+    for chunk in range(6):
+        n = 300
+        res = ChunkResult(0, status=bytearray(), title_chars=array("i", [5] * n), content_chars=array("i", [9] * n))
+        ids = []
+        for item in range(n):
+            if rng.random() < 0.3:  # some items were dropped by row rules
+                res.status.append(REASON_CODE[clean.TOO_SHORT])
+                want_status.append(REASON_CODE[clean.TOO_SHORT])
+                continue
+            res.status.append(CANDIDATE)
+            ht, hc, split = rng.randrange(-400, 400), rng.randrange(3), rng.randrange(3)
+            res.cand_item.append(item)
+            res.h_title.append(ht)
+            res.h_content.append(hc)
+            res.split.append(split)
+            ids.append(f"{chunk}-{item}")
+            if ht not in seen:  # the reference: candidates checked one by one, in order
+                seen[ht] = hc
+                want_rows.append((split, ids[-1]))
+                want_status.append(CANDIDATE)
+            else:
+                want_status.append(REASON_CODE[clean.DUPLICATE_EXACT if seen[ht] == hc else clean.DUPLICATE_TITLE])
+        res.table = pa.Table.from_arrays([pa.array(ids), pa.array(ids), pa.array(ids)], schema=SCHEMA)
+        col.add(res)
+    assert sorted(got) == sorted(want_rows) and [i for s, i in got if s == 0] == [i for s, i in want_rows if s == 0]
+    assert col.kept == len(want_rows) and col.items == len(want_status)
+    assert col.dropped()[clean.DUPLICATE_EXACT] == want_status.count(REASON_CODE[clean.DUPLICATE_EXACT]) > 0
+    assert col.dropped()[clean.DUPLICATE_TITLE] == want_status.count(REASON_CODE[clean.DUPLICATE_TITLE]) > 0
+    col.check()

@@ -54,6 +54,7 @@ _PLACEHOLDER_RE = re.compile(
     r"|see (?:above|below|title)|[-.,;:_*#?!\s]*)$"
 )
 _WORD = re.compile(r"\w+")
+_SPACE_RUN = re.compile(r"  +")
 _BRACKETS = re.compile(r"\[[^\]]*\]|\([^)]*\)")
 
 # Words that make near-identical titles: variants of one product differ only in these
@@ -109,9 +110,10 @@ def _spaces(text: str) -> str:
     if "\ufffd" in text or not text.isprintable():
         # tabs, newlines, non-breaking and other spaces, control characters: the slow path
         return " ".join(_CONTROL.sub(" ", text).split())
-    # only ASCII spaces left: str.replace is much cheaper than split/join
-    while "  " in text:
-        text = text.replace("   ", " ").replace("  ", " ")
+    # only ASCII spaces can be left (printable text): one regex pass over the runs, and only
+    # when there is one (cheaper than split/join or repeated str.replace)
+    if "  " in text:
+        text = _SPACE_RUN.sub(" ", text)
     return text.strip(" ")
 
 
@@ -170,6 +172,67 @@ def variant_free(key: str, title: str) -> str:
     """``group_key`` from a title's ``norm_key`` (for callers that have it and no brackets)."""
     words = [w for w in set(key.split()) - VARIANT_WORDS if not w.isdigit()]
     return " ".join(sorted(words)) if words else norm_key(title)
+
+
+def title_keys(titles: list[str]) -> tuple[list[str], list[str]]:
+    """``norm_key`` and ``group_key`` of many cleaned titles at once (same results, cheaper).
+
+    ASCII titles without brackets (most of them) go through Arrow compute kernels: on ASCII
+    text, lowering equals ``casefold``, ``[^a-z0-9_]`` equals ``\\W``, ``[0-9]+`` equals
+    ``str.isdigit`` and byte order equals Python's string order. Other titles use the
+    per-title functions.
+    """
+    keys: list[str] = [""] * len(titles)
+    groups: list[str] = [""] * len(titles)
+    fast = []
+    for i, t in enumerate(titles):
+        if t.isascii() and "(" not in t and "[" not in t:
+            fast.append(i)
+        else:
+            keys[i], groups[i] = norm_key(t), group_key(t)
+    if fast:
+        fk, fg = _ascii_keys([titles[i] for i in fast])
+        for i, k, g in zip(fast, fk, fg):
+            keys[i], groups[i] = k, g
+    return keys, groups
+
+
+_VARIANT_ARRAY = None
+
+
+def _ascii_keys(titles: list[str]) -> tuple[list[str], list[str]]:
+    """``title_keys`` of ASCII titles without brackets, vectorised with Arrow."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    global _VARIANT_ARRAY
+    if _VARIANT_ARRAY is None:
+        _VARIANT_ARRAY = pa.array(sorted(VARIANT_WORDS), pa.string())
+    n = len(titles)
+    k = pc.ascii_lower(pa.array(titles, pa.string()))
+    k = pc.ascii_trim(pc.replace_substring_regex(k, pattern="[^a-z0-9_]+", replacement=" "), characters=" ")
+    k = pc.replace_substring(k, pattern="_", replacement=" ")
+    words = pc.split_pattern(k, pattern=" ")
+    flat, parent = pc.list_flatten(words), pc.list_parent_indices(words)
+    # variant words, numbers and the empty strings of repeated spaces are not group words
+    keep = pc.invert(pc.or_(pc.is_in(flat, value_set=_VARIANT_ARRAY), pc.match_substring_regex(flat, "^[0-9]*$")))
+    flat, parent = flat.filter(keep), parent.filter(keep)
+    order = pc.sort_indices(pa.table({"p": parent, "w": flat}), sort_keys=[("p", "ascending"), ("w", "ascending")])
+    p = parent.take(order).to_numpy(zero_copy_only=False)
+    w = flat.take(order)
+    first = np.ones(len(p), dtype=bool)  # drop repeated words of a title (a set in variant_free)
+    if len(p) > 1:
+        same_w = pc.equal(w.slice(1), w.slice(0, len(w) - 1)).to_numpy(zero_copy_only=False)
+        first[1:] = (p[1:] != p[:-1]) | ~same_w
+    p, w = p[first], w.filter(pa.array(first))
+    counts = np.bincount(p, minlength=n) if len(p) else np.zeros(n, dtype=np.int64)
+    offsets = np.zeros(n + 1, dtype=np.int32)
+    np.cumsum(counts, out=offsets[1:])
+    joined = pc.binary_join(pa.ListArray.from_arrays(pa.array(offsets), w), " ")
+    # nothing left: the group is the title's own key (variant_free's fallback)
+    groups = pc.if_else(pa.array(counts == 0), k, joined)
+    return k.to_pylist(), groups.to_pylist()
 
 
 def is_placeholder(content_key: str) -> bool:

@@ -9,7 +9,9 @@ Deduplication state is one dict of 64-bit hashes (normalised title -> title+cont
 from __future__ import annotations
 
 from array import array
+from bisect import bisect_left
 from collections import Counter
+from itertools import repeat
 from pathlib import Path
 from typing import Any, Callable
 
@@ -58,23 +60,7 @@ class Collector:
         n = len(res.status)
         k = n if self.limit is None else max(0, min(n, self.limit - self.items))
         status = res.status[:k]
-        take: list[list[int]] = [[], [], []]
-        seen = self.seen
-        h_title, h_content, splits = res.h_title, res.h_content, res.split
-        for j, item in enumerate(res.cand_item):
-            if item >= k:
-                break
-            ht = h_title[j]
-            prev = seen.get(ht)
-            if prev is None:
-                seen[ht] = h_content[j]
-                take[splits[j]].append(j)
-            else:
-                status[item] = _DUP_EXACT if prev == h_content[j] else _DUP_TITLE
-        for split, rows in enumerate(take):
-            if rows:
-                self.splits[split] += len(rows)
-                self.sink(split, res.table.take(rows))
+        self._dedup(res, k, status)
         for code in set(status):
             self.codes[code] += status.count(code)
         self.items += k
@@ -92,6 +78,41 @@ class Collector:
                     self.bad_utf8_lines.append({"file": path, "line": line})
         if self.lengths is not None:
             self.lengths.add(res.title_chars[:k], res.content_chars[:k], status)
+
+    def _dedup(self, res: ChunkResult, k: int, status: bytearray) -> None:
+        """Keep the first candidate of each title key (in input order), mark the others.
+
+        Vectorised: one C-level lookup per candidate (``map``) and numpy for the rest, rather
+        than a Python loop; the result is that of checking candidates one by one in order.
+        """
+        import numpy as np
+
+        m = bisect_left(res.cand_item, k)  # candidates among the first k items
+        if m == 0:
+            return
+        ht = np.frombuffer(res.h_title, dtype=np.int64, count=m)
+        hc = np.frombuffer(res.h_content, dtype=np.int64, count=m)
+        seen = self.seen
+        # content fingerprints are >= 0, so -1 means "title key not seen in earlier chunks"
+        prev = np.fromiter(map(seen.get, ht.tolist(), repeat(-1, m)), dtype=np.int64, count=m)
+        new = np.flatnonzero(prev == -1)
+        first = new[np.unique(ht[new], return_index=True)[1]] if len(new) else new
+        keep = np.zeros(m, dtype=bool)
+        keep[first] = True
+        seen.update(zip(ht[first].tolist(), hc[first].tolist()))
+        dups = np.flatnonzero(~keep)
+        if len(dups):
+            kept_hc = np.fromiter(map(seen.__getitem__, ht[dups].tolist()), dtype=np.int64, count=len(dups))
+            exact = kept_hc == hc[dups]
+            items = np.frombuffer(res.cand_item, dtype=np.int32, count=m)[dups]
+            for item, ex in zip(items.tolist(), exact.tolist()):
+                status[item] = _DUP_EXACT if ex else _DUP_TITLE
+        splits = np.frombuffer(res.split, dtype=np.uint8, count=m)
+        for split in range(len(SPLITS)):
+            rows = np.flatnonzero(keep & (splits == split))
+            if len(rows):
+                self.splits[split] += len(rows)
+                self.sink(split, res.table.take(rows))
 
     @property
     def kept(self) -> int:

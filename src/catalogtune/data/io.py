@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import zlib
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 from catalogtune.util import CatalogtuneError
 
@@ -256,6 +256,58 @@ def iter_chunks(path: Path, source: int, info: SourceInfo, chunk_bytes: int = 4 
         else:
             stream = iter(lambda: fh.read(1 << 20), b"")
         yield from _line_chunks(stream, source, info, chunk_bytes)
+
+
+def prefetch(items: Iterable[Any], depth: int) -> Iterator[Any]:
+    """Iterate ``items`` in a background thread, at most ``depth`` items ahead.
+
+    Reading overlaps with the main loop: gzip inflation releases the GIL, and it is the
+    largest serial cost of the main process after deduplication and writing.
+    """
+    import queue
+    import threading
+
+    q: queue.Queue = queue.Queue(depth)
+    stop = threading.Event()
+    end = object()
+
+    def put(entry: tuple[Any, BaseException | None]) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(entry, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        it = iter(items)
+        try:
+            for x in it:
+                if not put((x, None)):
+                    break
+            else:
+                put((end, None))
+        except BaseException as exc:  # handed to the consumer, which re-raises it
+            put((end, exc))
+        finally:
+            close = getattr(it, "close", None)
+            if close is not None:
+                close()
+
+    thread = threading.Thread(target=produce, name="prepare-reader", daemon=True)
+    thread.start()
+    try:
+        while True:
+            x, exc = q.get()
+            if x is end:
+                if exc is not None:
+                    raise exc
+                return
+            yield x
+    finally:
+        stop.set()
+        thread.join()
 
 
 def split_path(data_dir: str | Path, split: str) -> Path:

@@ -1,8 +1,8 @@
 """`catalogtune prepare INPUT... --out DIR`: clean, deduplicate and split raw catalogue records.
 
-Inputs are streamed in chunks; two worker processes parse and clean them (bounded queue,
-results consumed in input order) while the main process deduplicates and writes Parquet row
-groups, so memory does not grow with the input. Each record's split comes from a seeded hash
+Inputs are streamed in chunks (read and inflated by a background thread); two worker
+processes parse and clean them (bounded queue, results consumed in input order) while the main
+process deduplicates and writes Parquet row groups, so memory does not grow with the input. Each record's split comes from a seeded hash
 of its title's group key (``clean.group_key``): duplicates and near-identical titles always
 land in the same split, whatever the input order. Everything is written into a temporary
 sibling folder that replaces ``DIR`` only when complete.
@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from catalogtune import config
-from catalogtune.data.io import SPLITS, SourceInfo, check_readable, detect_format, iter_chunks
+from catalogtune.data.io import SPLITS, SourceInfo, check_readable, detect_format, iter_chunks, prefetch
 from catalogtune.util import CatalogtuneError, atomic_dir, atomic_write_json, peak_rss_mb
 
 OUTPUT_FILES = {f"{s}.parquet" for s in SPLITS} | {"quality_report.json", "raw_lengths.parquet", "config.yaml"}
@@ -121,16 +121,24 @@ def _results(chunks: Iterable[Any], opts: Any, workers: int, chunk_bytes: int) -
 
     from catalogtune.data.io import LineChunk
 
+    import pyarrow as pa
+
+    # pyarrow imports pandas on its first conversion (~0.25 CPU s): do it once here, so that
+    # forked workers inherit it instead of each paying for it
+    pa.array([], pa.string())
     # fork is cheapest, but forking a process that runs other threads (the app) can deadlock
     methods = multiprocessing.get_all_start_methods()
     method = "fork" if "fork" in methods and threading.active_count() == 1 else "spawn"
     ex = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context(method))
+    reader = prefetch(chunks, 2)  # its thread starts on the first next()
     in_flight = 2 * workers  # at most 2 chunks per worker queued: bounded memory, no idle worker
     slots, slot_bytes = in_flight + 2, 2 * chunk_bytes
     shm = shared_memory.SharedMemory(create=True, size=slots * slot_bytes)
     pending: deque = deque()
     try:
-        for k, ch in enumerate(chunks):
+        # start the workers now, before the reader thread exists (never fork a threaded process)
+        ex.submit(os.getpid).result()
+        for k, ch in enumerate(reader):
             if isinstance(ch, LineChunk) and len(ch.data) <= slot_bytes:
                 # slot k % slots was last used by chunk k - slots, whose result is consumed
                 off = (k % slots) * slot_bytes
@@ -144,6 +152,7 @@ def _results(chunks: Iterable[Any], opts: Any, workers: int, chunk_bytes: int) -
     except BrokenProcessPool as exc:
         raise CatalogtuneError(f"a prepare worker process died ({exc}); try --workers 0") from None
     finally:
+        reader.close()  # stops the reader thread
         ex.shutdown(wait=True, cancel_futures=True)
         shm.close()
         shm.unlink()

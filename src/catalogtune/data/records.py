@@ -16,8 +16,7 @@ import pyarrow as pa
 from zlib import crc32
 
 from catalogtune.data import clean
-from catalogtune.data.clean import (clean_text, clean_title, drop_reason, group_key, hash64, norm_key,
-                                    split_of, variant_free)
+from catalogtune.data.clean import clean_text, clean_title, drop_reason, hash64, split_of, title_keys
 from catalogtune.data.io import LineChunk, RowChunk
 
 CANDIDATE = 0
@@ -104,7 +103,7 @@ def _classify_all(res: ChunkResult, records: Any, opts: RuleOptions) -> None:
     """
     status, tchars, cchars = res.status.append, res.title_chars.append, res.content_chars.append
     cand, ids, titles, contents = res.cand_item.append, res.ids.append, res.titles.append, res.contents.append
-    h_title, h_content, split = res.h_title.append, res.h_content.append, res.split.append
+    h_content = res.h_content.append
     min_chars, english = opts.min_content_chars, opts.english_only
     seed, val, test = opts.seed, opts.val_fraction, opts.test_fraction
     for item, line, uid, title, content in records:
@@ -122,8 +121,9 @@ def _classify_all(res: ChunkResult, records: Any, opts: RuleOptions) -> None:
             status(_EMPTY_CONTENT)
             continue
         c = clean_text(content)
-        tkey = norm_key(t)
-        reason = drop_reason(t, content, c, min_chars, english, tkey)
+        # the title key is only needed for short content (echo check); candidates get theirs
+        # in one vectorised pass below
+        reason = drop_reason(t, content, c, min_chars, english)
         if reason is not None:
             status(REASON_CODE[reason])
             continue
@@ -133,10 +133,10 @@ def _classify_all(res: ChunkResult, records: Any, opts: RuleOptions) -> None:
         titles(t)
         contents(c)
         h_content((crc32(c.encode("utf-8", "surrogatepass")) << 31) ^ len(c))
-        # a title of punctuation only has an empty key: compare it as written
-        h_title(hash64(tkey or t))
-        group = group_key(t) if "(" in t or "[" in t else variant_free(tkey, t)
-        split(split_of(group, seed, val, test))
+    keys, groups = title_keys(res.titles)
+    # a title of punctuation only has an empty key: compare it as written
+    res.h_title.extend([hash64(k or t) for k, t in zip(keys, res.titles)])
+    res.split.extend([split_of(g, seed, val, test) for g in groups])
 
 
 _LABELS = b',"target_ind":'
