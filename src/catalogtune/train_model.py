@@ -1,0 +1,183 @@
+"""The trainable model: base model + LoRA (PEFT), and a loss that skips wasted output-layer work.
+
+``LossModel`` runs the base model's inner decoder, keeps only the hidden states whose next
+token carries loss (the description), and applies the output layer + cross-entropy to those
+rows in chunks (``linear_cross_entropy``). The (rows x vocabulary) logits of one chunk are the
+only ones alive at a time, and their gradient is computed in the same pass, so nothing of
+size vocabulary is kept for the backward pass: this matters for Gemma's 262k vocabulary.
+``LossModel`` is an ``nn.Module`` so ``accelerate`` can wrap it (DDP/FSDP hook its forward).
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import torch
+from torch import nn
+
+from catalogtune.util import CatalogtuneError, require
+
+LOGIT_ELEMENTS = 1 << 25
+"""Logits computed per chunk (rows x vocabulary), about 128 MiB in float32."""
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    """Sum of cross-entropy of ``softcap(h @ W.T + b)`` against ``targets``; chunked, fused grads."""
+
+    @staticmethod
+    def forward(ctx, h, weight, bias, targets, softcap, dtype):  # type: ignore[override]
+        need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        chunk = max(16, LOGIT_ELEMENTS // weight.shape[0])
+        total = torch.zeros((), dtype=torch.float32, device=h.device)
+        grad_h = torch.empty_like(h) if need_h else None
+        grad_w = torch.zeros_like(weight, dtype=torch.float32) if need_w else None
+        with torch.autocast(h.device.type, enabled=False):
+            w = weight.to(dtype)
+            for s in range(0, h.shape[0], chunk):
+                hc = h[s:s + chunk].to(dtype)
+                tgt = targets[s:s + chunk]
+                z = (hc @ w.T).float()  # (rows, V)
+                if bias is not None:
+                    z += bias.float()
+                t = None
+                if softcap:
+                    t = torch.tanh(z / softcap)
+                    z = t * softcap
+                lse = torch.logsumexp(z, dim=-1)
+                picked = z.gather(1, tgt[:, None]).squeeze(1)
+                total += (lse - picked).sum()
+                if need_h or need_w:
+                    g = z.sub_(lse[:, None]).exp_()  # softmax, in place of the logits
+                    g[torch.arange(len(tgt), device=g.device), tgt] -= 1.0
+                    if t is not None:
+                        g *= 1.0 - t * t
+                    g = g.to(dtype)
+                    if need_h:
+                        grad_h[s:s + chunk] = (g @ w).to(h.dtype)
+                    if need_w:
+                        grad_w += (g.T @ hc).float()
+        ctx.save_for_backward(grad_h, grad_w)
+        ctx.weight_dtype = weight.dtype
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_out):  # type: ignore[override]
+        grad_h, grad_w = ctx.saved_tensors
+        gh = grad_h * grad_out.to(grad_h.dtype) if grad_h is not None else None
+        gw = (grad_w * grad_out).to(ctx.weight_dtype) if grad_w is not None else None
+        return gh, gw, None, None, None, None
+
+
+def linear_cross_entropy(
+    h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
+    bias: torch.Tensor | None = None, softcap: float | None = None, dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """Summed next-token cross-entropy of rows ``h`` (N, d) under the output layer ``weight`` (V, d).
+
+    Matmuls run in ``dtype`` (bf16 under autocast), softmax and the sum in float32.
+    """
+    if dtype is None:
+        dtype = torch.get_autocast_dtype(h.device.type) if torch.is_autocast_enabled(h.device.type) else h.dtype
+    if h.shape[0] == 0:
+        return h.sum() * 0.0
+    return _LinearCrossEntropy.apply(h, weight, bias, targets, softcap, dtype)
+
+
+class LossModel(nn.Module):
+    """Wraps a (PEFT) causal LM; ``forward`` returns the summed loss over the description tokens."""
+
+    def __init__(self, lm: nn.Module):
+        super().__init__()
+        self.lm = lm
+        base = lm.get_base_model() if hasattr(lm, "get_base_model") else lm
+        self._decoder = base.get_decoder()
+        self._head = base.get_output_embeddings()
+        if self._decoder is None or self._head is None:
+            raise CatalogtuneError(f"{type(base).__name__} exposes no decoder/output layer to train")
+        self.softcap = getattr(getattr(base.config, "get_text_config", lambda: base.config)(),
+                               "final_logit_softcapping", None)
+
+    def forward(self, input_ids: torch.Tensor, loss_rows: torch.Tensor, loss_targets: torch.Tensor) -> torch.Tensor:
+        """Summed cross-entropy (float32 scalar) of the rows ``loss_rows`` of the flattened batch."""
+        out = self._decoder(input_ids=input_ids, use_cache=False)
+        h = out[0] if isinstance(out, tuple) else out.last_hidden_state  # (B, T, d)
+        h = h.reshape(-1, h.shape[-1]).index_select(0, loss_rows)  # (N, d): loss rows only
+        head = self._head
+        return linear_cross_entropy(h, head.weight, loss_targets, getattr(head, "bias", None), self.softcap)
+
+
+def lora_targets(names: list[str]) -> Any:
+    """PEFT's ``target_modules``: ``["all-linear"]`` becomes the string PEFT expects."""
+    return "all-linear" if names == ["all-linear"] else list(names)
+
+
+def load_for_training(cfg: Any, device: torch.device) -> tuple[nn.Module, Any]:
+    """(PEFT model with fresh LoRA weights, tokenizer) for ``cfg`` on ``device``."""
+    from peft import LoraConfig, PeftModel, get_peft_model
+
+    from catalogtune import models
+
+    if cfg.backend == "unsloth":
+        from catalogtune.unsloth_backend import load_unsloth
+
+        model, tok = load_unsloth(cfg)
+    elif cfg.load_in_4bit:
+        model, tok = _load_4bit(cfg, device)
+    else:
+        model, tok = models.load(cfg.model, dtype=torch.float32, device=str(device))
+    model.config.use_cache = False
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
+    if not isinstance(model, PeftModel):
+        lora = LoraConfig(
+            r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+            target_modules=lora_targets(cfg.target_modules), use_dora=cfg.use_dora,
+            bias="none", task_type="CAUSAL_LM",
+        )
+        try:
+            with warnings.catch_warnings():  # PEFT calls a property transformers has deprecated
+                warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+                model = get_peft_model(model, lora)
+        except ValueError as exc:
+            raise CatalogtuneError(f"LoRA setup failed: {str(exc).splitlines()[0]}") from None
+    return model, tok
+
+
+def _load_4bit(cfg: Any, device: torch.device) -> tuple[nn.Module, Any]:
+    require("bitsandbytes", extra="gpu")
+    from peft import prepare_model_for_kbit_training
+    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+
+    from catalogtune import models
+
+    path = models.resolve(cfg.model)
+    bnb = BitsAndBytesConfig(
+        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=torch.bfloat16,
+    )
+    token = models.hub_token()
+    tok = AutoTokenizer.from_pretrained(str(path), token=token)
+    model = AutoModelForCausalLM.from_pretrained(
+        str(path), quantization_config=bnb, device_map={"": device.index or 0}, dtype=torch.bfloat16, token=token,
+    )
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
+    return model, tok
+
+
+def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The trainable parameters (LoRA weights) by name, detached copies on CPU."""
+    return {n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters() if p.requires_grad}
+
+
+def load_trainable(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Copy saved trainable parameters into ``model`` (names must match exactly)."""
+    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    if set(params) != set(state):
+        raise CatalogtuneError("the checkpoint's LoRA weights do not match this model/config")
+    with torch.no_grad():
+        for n, p in params.items():
+            p.copy_(state[n].to(p.device, p.dtype))

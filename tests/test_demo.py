@@ -1,0 +1,49 @@
+"""Fast end-to-end test of `catalogtune demo` with the 2-layer random model and the fake embedder."""
+
+import json
+
+import pytest
+
+from catalogtune import cli
+from catalogtune.demo import DemoConfig, run
+
+
+@pytest.fixture(scope="module")
+def demo_out(tmp_path_factory, sample_path, tiny_model_dir):
+    out = tmp_path_factory.mktemp("demo")
+    cfg = DemoConfig(data=sample_path, out=out, model=str(tiny_model_dir), max_steps=2, limit=4,
+                     seen_limit=2, max_new_tokens=8, embedder="hash")
+    res = run(cfg)
+    return out, res
+
+
+def test_demo_writes_every_stage_and_the_summary(demo_out):
+    out, res = demo_out
+    for sub in ("prep/train.parquet", "eda/report.html", "index/index.json", "run/adapter",
+                "run/summary.json", "eval/report.json", "summary.md", "summary.html"):
+        assert (out / sub).exists(), sub
+    report = json.loads((out / "eval" / "report.json").read_text())
+    assert set(report["systems"]) == {"base", "finetuned", "base+rag", "finetuned+rag"}
+    for m in report["systems"].values():
+        assert m["n"] == 4 and m["perplexity"] > 1
+    assert "seen" in report
+    summary = (out / "summary.md").read_text()
+    assert "finetuned+rag" in summary and "catalogtune app --workspace" in summary
+    assert set(res.timings) == {"prepare", "analyze", "index", "evaluate-base", "train", "evaluate"}
+    assert not res.skipped
+
+
+def test_second_demo_skips_up_to_date_stages(demo_out, sample_path, tiny_model_dir, capsys):
+    out, _ = demo_out
+    rc = cli.main(["demo", "--data", str(sample_path), "--out", str(out), "--model", str(tiny_model_dir),
+                   "--max-steps", "2", "--limit", "4", "--seen-limit", "2", "--max-new-tokens", "8",
+                   "--embedder", "hash"])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert printed.count("up to date, skipped") == 6
+    assert "Before / after" in printed
+
+
+def test_demo_without_data_explains_how_to_pass_it(tmp_path, monkeypatch):
+    monkeypatch.setattr("catalogtune.demo.shared_sample", lambda: None)
+    assert cli.main(["demo", "--out", str(tmp_path / "o")]) == 2
