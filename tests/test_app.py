@@ -8,12 +8,12 @@ import sys
 import threading
 import time
 import types
-from pathlib import Path
 
 import pytest
 
 from catalogtune.app import jobs
 from catalogtune.util import CatalogtuneError, atomic_write_json
+from helpers import make_run
 
 SECRET = "hf_testSECRETtoken123"
 
@@ -98,18 +98,6 @@ def _png() -> bytes:
     return base64.b64decode(
         "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8DwHwAFBQIAX8jx0gAAAABJRU5ErkJggg=="
     )
-
-
-def make_tiny_run(run_dir: Path, model_dir: Path) -> Path:
-    """A run folder as the trainer leaves it: config.yaml naming the base model, and a LoRA adapter."""
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir))
-    lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
-    get_peft_model(model, lora).save_pretrained(str(run_dir / "adapter"))
-    (run_dir / "config.yaml").write_text(f"model: {model_dir}\n", encoding="utf-8")
-    return run_dir
 
 
 def _wait(pred, timeout=20.0):
@@ -384,7 +372,7 @@ def test_compare_page_with_tiny_run(ws, tiny_model_dir):
     """The real Generator on a tiny run: both outputs and their timings are shown."""
     pytest.importorskip("catalogtune.generate", reason="the generate stage is not there yet")
     (ws.root / "runs" / "tiny").mkdir(parents=True)
-    make_tiny_run(ws.root / "runs" / "tiny", tiny_model_dir)
+    make_run(ws.root / "runs" / "tiny", tiny_model_dir, nonzero=False, lora_alpha=8)
     from catalogtune import rag
 
     rag.run(rag.IndexConfig(data=ws.prep, out=ws.index, embedder="hash"))

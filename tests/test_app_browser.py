@@ -19,6 +19,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from helpers import make_run
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
@@ -36,18 +37,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def make_tiny_run(run_dir: Path, model_dir: Path) -> Path:
-    """A run folder as the trainer leaves it: config.yaml naming the base model, and a LoRA adapter."""
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir))
-    lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
-    get_peft_model(model, lora).save_pretrained(str(run_dir / "adapter"))
-    (run_dir / "config.yaml").write_text(f"model: {model_dir}\n", encoding="utf-8")
-    return run_dir
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +57,7 @@ def workspace(tmp_path_factory, sample_path, tiny_model_dir) -> Path:
 
     rag.run(rag.IndexConfig(data=root / "prep", out=root / "index", embedder="hash"))
     (root / "run").mkdir()
-    make_tiny_run(root / "run", tiny_model_dir)
+    make_run(root / "run", tiny_model_dir, nonzero=False, lora_alpha=8)
     m = {"perplexity": 12.0, "rouge_l": 0.2, "chrf": 25.0, "cosine": 0.5, "unsupported_rate": 0.2, "n": 10}
     (root / "eval").mkdir()
     (root / "eval" / "report.json").write_text(json.dumps({"systems": {"base": m, "finetuned": m}}))

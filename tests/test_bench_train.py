@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
@@ -11,18 +10,7 @@ from catalogtune import config
 from catalogtune.bench import ceiling
 from catalogtune.bench import train as bt
 from catalogtune.util import CatalogtuneError
-
-
-def _write_splits(out: Path, sample: Path, n: int) -> Path:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    recs = [json.loads(x) for x in sample.read_text(encoding="utf-8").splitlines()[:n]]
-    rows = [{"id": str(i), "title": r["title"], "content": " ".join(r["content"].split())} for i, r in enumerate(recs)]
-    out.mkdir(parents=True, exist_ok=True)
-    for split in ("train", "val", "test"):
-        pq.write_table(pa.Table.from_pylist(rows), out / f"{split}.parquet")
-    return out
+from helpers import write_splits
 
 
 def test_matmul_ceiling_is_a_positive_rate():
@@ -105,7 +93,7 @@ def test_anchor_counts_tokens_like_our_tokenisation(tmp_path, sample_path, tiny_
     from catalogtune.data.io import read_split
     from transformers import AutoTokenizer
 
-    data = _write_splits(tmp_path / "data", sample_path, 8)
+    data = write_splits(tmp_path / "data", sample_path, 8)
     spec = {"model": str(tiny_model_dir), "steps": 1, "warmup_steps": 1, "batch_size": 8, "max_length": 96,
             "lora_r": 4, "lora_alpha": 8, "lora_dropout": 0.0, "lr": 1e-3, "seed": 0, "data": str(data),
             "out": str(tmp_path / "anchor")}
@@ -119,7 +107,7 @@ def test_anchor_counts_tokens_like_our_tokenisation(tmp_path, sample_path, tiny_
 @pytest.mark.integration
 def test_bench_main_prints_the_json_last(tmp_path, sample_path, tiny_model_dir, capsys):
     pytest.importorskip("catalogtune.train")
-    data = _write_splits(tmp_path / "data", sample_path, 24)
+    data = write_splits(tmp_path / "data", sample_path, 24)
     rc = bt.main(["--model", str(tiny_model_dir), "--steps", "1", "--data", str(data), "--max-length", "96"])
     assert rc == 0
     last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])

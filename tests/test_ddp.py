@@ -16,20 +16,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import write_splits
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _write_splits(out: Path, sample: Path, n: int) -> Path:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    recs = [json.loads(x) for x in sample.read_text(encoding="utf-8").splitlines()[:n]]
-    rows = [{"id": str(i), "title": r["title"], "content": " ".join(r["content"].split())} for i, r in enumerate(recs)]
-    out.mkdir(parents=True, exist_ok=True)
-    for split in ("train", "val", "test"):
-        pq.write_table(pa.Table.from_pylist(rows), out / f"{split}.parquet")
-    return out
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "configs" / "accelerate").glob("*.yaml")))
@@ -45,7 +34,7 @@ def test_two_cpu_ranks_end_with_identical_adapters(tmp_path, sample_path, tiny_m
     pytest.importorskip("catalogtune.train")
     import torch
 
-    data = _write_splits(tmp_path / "data", sample_path, 32)
+    data = write_splits(tmp_path / "data", sample_path, 32)
     dump, run_dir = tmp_path / "dump", tmp_path / "run"
     dump.mkdir()
     env = dict(os.environ, CATALOGTUNE_RANK_DUMP=str(dump), OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1",

@@ -9,6 +9,7 @@ import pytest
 from catalogtune import generate as G
 from catalogtune import prompt as P
 from catalogtune.util import CatalogtuneError
+from helpers import make_run
 
 TITLES = [
     "Kids Dance Skirt Neon Green",
@@ -20,26 +21,9 @@ TITLES = [
 ]
 
 
-def make_run(tmp: Path, tiny: Path) -> Path:
-    """A run folder like training writes: config.yaml (model: base path) + adapter/ with non-zero B."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-
-    from catalogtune import models
-
-    run = tmp / "run"
-    model, _ = models.load(tiny)
-    torch.manual_seed(1)
-    # init_lora_weights=False: B is random instead of zero, so the adapter changes outputs.
-    cfg = LoraConfig(r=4, lora_alpha=32, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
-    get_peft_model(model, cfg).save_pretrained(run / "adapter")
-    (run / "config.yaml").write_text(f"model: {tiny}\n", encoding="utf-8")
-    return run
-
-
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory, tiny_model_dir) -> Path:
-    return make_run(tmp_path_factory.mktemp("gen"), tiny_model_dir)
+    return make_run(tmp_path_factory.mktemp("gen") / "run", tiny_model_dir)
 
 
 @pytest.fixture(scope="module")

@@ -235,7 +235,7 @@ def test_max_records_parquet_csv_and_english_filter(tmp_path):
     assert res_pq.kept == 50
     ids = [r["id"] for rs in _all_rows(tmp_path / "pq").values() for r in rs]
     assert all(i.startswith("h") and len(i) == 17 for i in ids)  # derived from the text
-    res_pq2 = run(PrepareConfig(inputs=[tmp_path / "r.parquet"], out=tmp_path / "pq2"))
+    run(PrepareConfig(inputs=[tmp_path / "r.parquet"], out=tmp_path / "pq2"))
     assert ids == [r["id"] for rs in _all_rows(tmp_path / "pq2").values() for r in rs]
     csv = tmp_path / "r.csv"
     csv.write_text('uid,title,content\nC1,"Quoted, title","' + GOOD + '"\nC2,broken\nC3,Other,"' + GOOD + ' 3"\n')

@@ -14,7 +14,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from catalogtune import metrics
-from catalogtune.util import atomic_write, atomic_write_json, atomic_write_text
+from catalogtune.util import atomic_write, atomic_write_text
 
 MAIN_METRICS = ("perplexity", "rouge_l", "chrf", "cosine", "bertscore_f1", "unsupported_rate")
 """Metrics shown in plots and breakdowns."""
