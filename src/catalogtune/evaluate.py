@@ -52,6 +52,10 @@ class EvalConfig:
     """Training records sampled as seen products (0 = skip)."""
     max_new_tokens: int = 160
     """Most tokens generated per description."""
+    repetition_penalty: float = 1.0
+    """Greedy decoding's repetition penalty (1.0 = off), the same for every system."""
+    no_repeat_ngram_size: int = 0
+    """Forbid repeating any n-gram of this size (0 = off), the same for every system."""
     batch_size: int = 16
     """Prompts per generation batch (also the checkpoint granularity)."""
     k: int = 3
@@ -218,6 +222,7 @@ def _fingerprint(cfg: EvalConfig, gen: Any, model_id: str, adapter: str | None, 
     return _sha({
         "v": CACHE_VERSION, "model": model_id, "adapter": adapter if system.startswith("finetuned") else None,
         "rag": system.endswith("+rag"), "max_new_tokens": cfg.max_new_tokens, "prompt": _sha(probe),
+        "decoding": [cfg.repetition_penalty, cfg.no_repeat_ngram_size],
         "bf16": bool(getattr(gen, "bf16", False)),  # autocast changes greedy outputs
     })
 
@@ -240,6 +245,8 @@ def run_system(
         ctx = [contexts[it["id"]] if contexts is not None else None for it in batch]
         prompts = [gen.prompt(it["title"], context=c) for it, c in zip(batch, ctx)]
         gens = gen.generate(prompts, max_new_tokens=cfg.max_new_tokens, do_sample=False,
+                            repetition_penalty=cfg.repetition_penalty,
+                            no_repeat_ngram_size=cfg.no_repeat_ngram_size,
                             use_adapter=use_adapter, batch_size=cfg.batch_size)
         scores = gen.score(prompts, [it["content"] for it in batch], use_adapter=use_adapter, batch_size=cfg.batch_size)
         recs = []
