@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -26,6 +27,15 @@ def _isolated_home(tmp_path_factory):
         os.environ.pop("CATALOGTUNE_HOME", None)
     else:
         os.environ["CATALOGTUNE_HOME"] = old
+
+
+@pytest.fixture(autouse=True)
+def _restore_main_module():
+    """Streamlit's AppTest leaves its script as ``__main__``; spawned worker processes would re-run it."""
+    main = sys.modules.get("__main__")
+    yield
+    if main is not None and sys.modules.get("__main__") is not main:
+        sys.modules["__main__"] = main
 
 
 @pytest.fixture(scope="session")

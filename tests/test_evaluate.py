@@ -63,7 +63,7 @@ class FakeGenerator:
         ctx = " | ".join(r["title"] for r in context or [])
         return f"T: {title}\nC: {ctx}\n"
 
-    def generate(self, prompts, max_new_tokens, do_sample=False, use_adapter=True, batch_size=8):
+    def generate(self, prompts, max_new_tokens, do_sample=False, use_adapter=True, batch_size=8, **decoding):
         if self.fail_after is not None and self.generated >= self.fail_after:
             raise KeyboardInterrupt  # a kill in the middle of the run
         self.generated += len(prompts)

@@ -52,10 +52,11 @@ class EvalConfig:
     """Training records sampled as seen products (0 = skip)."""
     max_new_tokens: int = 160
     """Most tokens generated per description."""
-    repetition_penalty: float = 1.0
+    repetition_penalty: float = 1.2
     """Greedy decoding's repetition penalty (1.0 = off), the same for every system."""
-    no_repeat_ngram_size: int = 0
-    """Forbid repeating any n-gram of this size (0 = off), the same for every system."""
+    no_repeat_ngram_size: int = 3
+    """Forbid repeating any n-gram of this size (0 = off), the same for every system: greedy
+    decoding of small models otherwise loops ("bespoke, bespoke, ...")."""
     batch_size: int = 16
     """Prompts per generation batch (also the checkpoint granularity)."""
     k: int = 3
