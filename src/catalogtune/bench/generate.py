@@ -34,7 +34,7 @@ class BenchGenerateConfig:
     """How many titles (prompts) both paths generate for."""
     max_new_tokens: int = 64
     """Most tokens per prompt (same for both paths)."""
-    batch_size: int = 16
+    batch_size: int = 32
     """Prompts per batch on the batched path."""
     sample: Path | None = None
     """JSONL file with a "title" per line (default: the shared real sample)."""
@@ -194,7 +194,7 @@ def _measure(gen: Any, prompts: list[str], cfg: BenchGenerateConfig) -> dict[str
 
 
 def main(argv: list[str]) -> int:
-    """`catalogtune bench generate [--model NAME] [--prompts 32] [--max-new-tokens 64] [--batch-size 16]`."""
+    """`catalogtune bench generate [--model NAME] [--prompts 32] [--max-new-tokens 64] [--batch-size 32]`."""
     from catalogtune.bench import emit
 
     p = argparse.ArgumentParser(prog="catalogtune bench generate", description=__doc__.splitlines()[0])
