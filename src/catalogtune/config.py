@@ -179,3 +179,10 @@ def from_namespace(cls: type[T], ns: argparse.Namespace, preset: str | Path | No
     given = {k: v for k, v in vars(ns).items() if k in names and v is not None}
     given.update({k: v for k, v in extra.items() if v is not None})
     return build(cls, preset, **given)
+
+
+def parse(cls: type[T], argv: list[str], prog: str, description: str | None = None) -> T:
+    """Parse ``argv`` into ``cls``: one ``--field`` option per dataclass field, nothing else."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    add_arguments(parser, cls)
+    return from_namespace(cls, parser.parse_args(argv))

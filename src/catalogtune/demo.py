@@ -8,7 +8,6 @@ inputs and settings: a second run skips what is done, an interrupted run continu
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import time
@@ -239,9 +238,7 @@ def print_summary(res: DemoResult) -> None:
 
 def main(argv: list[str]) -> int:
     """`catalogtune demo [--data PATH] [--out DIR] [--model NAME] [...]`."""
-    p = argparse.ArgumentParser(prog="catalogtune demo", description=__doc__.splitlines()[0])
-    config.add_arguments(p, DemoConfig)
-    cfg = config.from_namespace(DemoConfig, p.parse_args(argv))
+    cfg = config.parse(DemoConfig, argv, "catalogtune demo", __doc__.splitlines()[0])
     res = run(cfg)
     print_summary(res)
     return 0

@@ -10,7 +10,6 @@ seconds.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -197,8 +196,6 @@ def main(argv: list[str]) -> int:
     """`catalogtune bench generate [--model NAME] [--prompts 32] [--max-new-tokens 64] [--batch-size 32]`."""
     from catalogtune.bench import emit
 
-    p = argparse.ArgumentParser(prog="catalogtune bench generate", description=__doc__.splitlines()[0])
-    config.add_arguments(p, BenchGenerateConfig)
-    cfg = config.from_namespace(BenchGenerateConfig, p.parse_args(argv))
+    cfg = config.parse(BenchGenerateConfig, argv, "catalogtune bench generate", __doc__.splitlines()[0])
     emit(run(cfg).figures)
     return 0

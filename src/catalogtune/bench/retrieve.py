@@ -9,7 +9,6 @@ force (one matrix-vector product per query), timed in the same run on the same v
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -346,8 +345,6 @@ def _chroma_version() -> str:
 
 def main(argv: list[str]) -> int:
     """`catalogtune bench retrieve [--sizes 100000,1000000] [--queries 200] [--dim 384]`."""
-    p = argparse.ArgumentParser(prog="catalogtune bench retrieve", description=__doc__.splitlines()[0])
-    config.add_arguments(p, RetrieveBenchConfig)
-    cfg = config.from_namespace(RetrieveBenchConfig, p.parse_args(argv))
+    cfg = config.parse(RetrieveBenchConfig, argv, "catalogtune bench retrieve", __doc__.splitlines()[0])
     emit(run(cfg).figures)
     return 0

@@ -12,7 +12,6 @@ The last line printed is one JSON object (`catalogtune.bench.emit`).
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import os
 import subprocess
@@ -332,9 +331,7 @@ def main(argv: list[str]) -> int:
             raise CatalogtuneError("usage: --worker anchor|ours SPEC.json OUT.json")
         atomic_write_json(argv[3], WORKERS[argv[1]](read_json(argv[2])))
         return 0
-    p = argparse.ArgumentParser(prog="catalogtune bench train", description=__doc__.splitlines()[0])
-    config.add_arguments(p, BenchTrainConfig)
-    cfg = config.from_namespace(BenchTrainConfig, p.parse_args(argv))
+    cfg = config.parse(BenchTrainConfig, argv, "catalogtune bench train", __doc__.splitlines()[0])
     from catalogtune.bench import emit
 
     emit(run(cfg).figures)
