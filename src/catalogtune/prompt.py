@@ -68,12 +68,25 @@ def build_prompt(tokenizer: Any, title: str, context: Sequence[dict] | None = No
 
 
 def end_token(tokenizer: Any) -> str:
-    """The token that ends an answer: the chat turn's end where the template has one, else EOS."""
+    """The token that ends an answer: the chat turn's end where the template has one, else EOS.
+
+    Remembered on the tokenizer object (keyed by its template): ``get_vocab()`` builds a dict
+    of the whole vocabulary, 16 ms for SmolLM2, and this is asked once per training record.
+    """
     template = getattr(tokenizer, "chat_template", None) or ""
+    cached = getattr(tokenizer, "_catalogtune_end_token", None)
+    if cached is not None and cached[0] == template and cached[1] == tokenizer.eos_token:
+        return cached[2]
+    found = tokenizer.eos_token
     for candidate in ("<end_of_turn>", "<|im_end|>", "<|eot_id|>"):
-        if candidate in template and candidate in tokenizer.get_vocab():
-            return candidate
-    return tokenizer.eos_token
+        if candidate in template and tokenizer.convert_tokens_to_ids(candidate) not in (None, tokenizer.unk_token_id):
+            found = candidate
+            break
+    try:
+        tokenizer._catalogtune_end_token = (template, tokenizer.eos_token, found)
+    except AttributeError:  # a tokenizer that refuses new attributes: just not cached
+        pass
+    return found
 
 
 def stop_token_ids(tokenizer: Any) -> list[int]:

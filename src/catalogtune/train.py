@@ -85,6 +85,8 @@ class TrainConfig:
     """bf16 autocast: auto (when the CPU/GPU supports it), true or false."""
     backend: str = "torch"
     """torch, or unsloth (CUDA only)."""
+    fast_kernels: bool = True
+    """Under bf16: frozen weights stored in bf16, and on CPU matmul attention and cheap LoRA dropout (train_fast)."""
     merge: bool = False
     """Also write RUN_DIR/merged/: the base model with the adapter merged in."""
     resume: bool = False

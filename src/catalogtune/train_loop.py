@@ -76,6 +76,7 @@ class Loop:
         self.bf16 = cfg.bf16 == "true" or (cfg.bf16 == "auto" and bf16_supported())
         torch.manual_seed(cfg.seed)  # LoRA initialisation
         self.model, self.tok = load_for_training(cfg, acc.device)
+        self.fast = self._speed_ups()
         train_tok = tokenize(train_rows, self.tok, cfg.max_length)
         self.examples: list[Example] = train_tok.examples
         if not self.examples:
@@ -114,6 +115,23 @@ class Loop:
             for name in ("metrics.jsonl", "summary.json", "progress.json"):
                 (self.run_dir / name).unlink(missing_ok=True)
         self.acc.wait_for_everyone()
+
+    def _speed_ups(self) -> dict[str, Any]:
+        """Apply `train_fast`'s speed-ups that fit this run; returns what was applied."""
+        cfg, dev = self.cfg, self.acc.device
+        if not (cfg.fast_kernels and self.bf16 and cfg.backend == "torch" and not cfg.load_in_4bit):
+            return {}
+        from catalogtune import train_fast
+
+        done: dict[str, Any] = {"bf16_frozen_linears": train_fast.freeze_in_bf16(self.model)}
+        if dev.type == "cpu":
+            done["cpu_attention"] = train_fast.use_cpu_attention(self.model)
+            done["fast_dropout"] = train_fast.fast_lora_dropout(self.model)
+            if cfg.lora_dropout == 0 and not cfg.gradient_checkpointing and not cfg.use_dora:
+                done["fused_lora_groups"] = train_fast.fuse_lora_groups(self.model)
+            else:
+                done["lora_forward"] = train_fast.fast_lora_forward(self.model)
+        return done
 
     def autocast(self) -> Any:
         """bf16 autocast on this device when enabled, else a no-op context."""
@@ -227,7 +245,7 @@ class Loop:
             "initial_val_loss": st.initial_val_loss, "final_val_loss": st.last_val_loss, "final_loss": st.last_loss,
             "stopped": stopped, "epochs_done": round(st.step / self.sched.steps_per_epoch, 3),
             "model": self.cfg.model, "bf16": self.bf16, "world_size": self.acc.num_processes,
-            "resumed_from": self.resumed_from, **self.data_info,
+            "resumed_from": self.resumed_from, "speed_ups": self.fast, **self.data_info,
         }
 
     # -- the loop ------------------------------------------------------------------------

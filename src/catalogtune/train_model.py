@@ -22,6 +22,54 @@ LOGIT_ELEMENTS = 1 << 25
 """Logits computed per chunk (rows x vocabulary), about 128 MiB in float32."""
 
 
+TINY = 1e-30
+"""Target probabilities below this are recomputed from float32 logits (bf16 rounding of a tiny p)."""
+
+
+def _chunk(hc: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, tgt: torch.Tensor,
+           grads: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(summed loss, d loss / d logits or None) of one chunk of rows, in the matmul dtype.
+
+    The softmax runs once, in the logits' dtype (bf16 under autocast, float32 accumulation
+    inside), and gives both the loss, ``-log p[target]``, and the gradient, ``p - onehot``:
+    one pass over the (rows x vocabulary) logits instead of logsumexp + exp + casts.
+    bf16 logits are what any bf16-autocast trainer computes the loss from.
+    """
+    z = hc @ w.T
+    if b is not None:
+        z += b
+    p = torch.softmax(z, dim=-1)
+    rows = torch.arange(len(tgt), device=z.device)
+    pt = p[rows, tgt].float()
+    loss = -torch.log(pt.clamp_min(TINY))
+    small = pt < TINY
+    if bool(small.any()):  # a very unlikely target: the exact value from float32 logits
+        zs = z[small].float()
+        loss[small] = torch.logsumexp(zs, dim=-1) - zs.gather(1, tgt[small][:, None]).squeeze(1)
+    if not grads:
+        return loss.sum(), None
+    p[rows, tgt] -= 1.0
+    return loss.sum(), p
+
+
+def _softcap_chunk(hc: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, tgt: torch.Tensor,
+                   softcap: float, grads: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``_chunk`` for models with a final logit soft cap, in float32 throughout."""
+    z = (hc @ w.T).float()
+    if b is not None:
+        z += b.float()
+    t = torch.tanh(z / softcap)
+    z = t * softcap
+    lse = torch.logsumexp(z, dim=-1)
+    loss = (lse - z.gather(1, tgt[:, None]).squeeze(1)).sum()
+    if not grads:
+        return loss, None
+    g = z.sub_(lse[:, None]).exp_()
+    g[torch.arange(len(tgt), device=g.device), tgt] -= 1.0
+    g *= 1.0 - t * t
+    return loss, g.to(hc.dtype)
+
+
 class _LinearCrossEntropy(torch.autograd.Function):
     """Sum of cross-entropy of ``softcap(h @ W.T + b)`` against ``targets``; chunked, fused grads."""
 
@@ -34,25 +82,16 @@ class _LinearCrossEntropy(torch.autograd.Function):
         grad_w = torch.zeros_like(weight, dtype=torch.float32) if need_w else None
         with torch.autocast(h.device.type, enabled=False):
             w = weight.to(dtype)
+            b = bias.to(dtype) if bias is not None else None
             for s in range(0, h.shape[0], chunk):
                 hc = h[s:s + chunk].to(dtype)
                 tgt = targets[s:s + chunk]
-                z = (hc @ w.T).float()  # (rows, V)
-                if bias is not None:
-                    z += bias.float()
-                t = None
                 if softcap:
-                    t = torch.tanh(z / softcap)
-                    z = t * softcap
-                lse = torch.logsumexp(z, dim=-1)
-                picked = z.gather(1, tgt[:, None]).squeeze(1)
-                total += (lse - picked).sum()
-                if need_h or need_w:
-                    g = z.sub_(lse[:, None]).exp_()  # softmax, in place of the logits
-                    g[torch.arange(len(tgt), device=g.device), tgt] -= 1.0
-                    if t is not None:
-                        g *= 1.0 - t * t
-                    g = g.to(dtype)
+                    loss, g = _softcap_chunk(hc, w, b, tgt, softcap, need_h or need_w)
+                else:
+                    loss, g = _chunk(hc, w, b, tgt, need_h or need_w)
+                total += loss
+                if g is not None:
                     if need_h:
                         grad_h[s:s + chunk] = (g @ w).to(h.dtype)
                     if need_w:

@@ -46,8 +46,8 @@ class BenchTrainConfig:
     """LoRA rank for both systems (all linear layers)."""
     lora_alpha: int = 32
     """LoRA alpha for both systems."""
-    lora_dropout: float = 0.05
-    """LoRA dropout for both systems."""
+    lora_dropout: float = 0.0
+    """LoRA dropout for both systems (0.0: PEFT's LoraConfig default and ours)."""
     lr: float = 2e-4
     """Learning rate for both systems (does not change the speed)."""
     data: Path | None = None
