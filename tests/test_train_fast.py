@@ -203,3 +203,30 @@ def test_training_with_and_without_the_speed_ups_agrees(tiny_model_dir, tmp_path
     assert out[False]["speed_ups"] == {}
     assert out[True]["best_val_loss"] == pytest.approx(out[False]["best_val_loss"], rel=0.02)
     assert out[True]["best_val_loss"] < out[True]["initial_val_loss"]
+
+
+@pytest.mark.parametrize("cls_name", ["LlamaRMSNorm", "Gemma3RMSNorm"])
+def test_fast_rms_norm_matches_the_module_forward_and_backward(cls_name):
+    import importlib
+
+    mod_name = "llama" if cls_name.startswith("Llama") else "gemma3"
+    cls = getattr(importlib.import_module(f"transformers.models.{mod_name}.modeling_{mod_name}"), cls_name)
+    torch.manual_seed(0)
+    stock, fast = cls(48), cls(48)
+    with torch.no_grad():
+        stock.weight.normal_(0.5, 0.2)
+    fast.load_state_dict(stock.state_dict())
+    for m in (stock, fast):
+        m.to(torch.bfloat16).weight.requires_grad_(False)
+    assert train_fast.fast_rms_norms(torch.nn.Sequential(fast)) == 1
+    x = torch.randn(3, 5, 48).bfloat16().requires_grad_()
+    grad = torch.randn(3, 5, 48).bfloat16()
+    out0 = stock(x)
+    out0.backward(grad)
+    g0 = x.grad.clone()
+    x.grad = None
+    out1 = fast(x)
+    out1.backward(grad)
+    assert out1.dtype == torch.bfloat16
+    assert (out1.float() - out0.float()).abs().max().item() < 0.05
+    assert ((x.grad.float() - g0.float()).norm() / g0.float().norm()).item() < 0.01
