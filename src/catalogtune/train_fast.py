@@ -300,20 +300,18 @@ class _FusedLoraFn(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, weight, bias, scales, outs, *ab):  # type: ignore[override]
+    def forward(ctx, x, weight, bias, a, b, scales, outs, *ab):  # type: ignore[override]
+        # a: the members' A stacked, (n*r, in); b: their B (times scale) block-diagonal,
+        # (sum outs, n*r), both bf16 copies of the parameters ``ab`` (made once per optimizer
+        # step by `_Group`); the zero blocks of b cost (n-1)/n of a rank-r product, nothing
+        # next to the base matmul, and keep it one contiguous matmul
         n = len(outs)
-        a_params, b_params = ab[:n], ab[n:]
-        dt = torch.bfloat16
-        xb = x.reshape(-1, x.shape[-1]).to(dt)
-        a = torch.cat([p.to(dt) for p in a_params]) if n > 1 else a_params[0].to(dt)  # (n*r, in)
-        # block-diagonal (sum outs, n*r): one contiguous matmul for all members' B (the zero
-        # blocks cost (n-1)/n of a rank-r product, tiny next to the base matmul)
-        b = torch.block_diag(*[(p * s).to(dt) for p, s in zip(b_params, scales)]) if n > 1 else (b_params[0] * scales[0]).to(dt)
+        xb = x.reshape(-1, x.shape[-1]).to(torch.bfloat16)
         xa = xb @ a.T  # (N, n*r)
         y = torch.addmm(bias, xb, weight.T) if bias is not None else xb @ weight.T
         y.addmm_(xa, b.T)
         ctx.save_for_backward(xb, xa, weight, a, b)
-        ctx.meta = (scales, outs, [p.shape[0] for p in a_params], x.shape, x.dtype, a_params[0].dtype)
+        ctx.meta = (scales, outs, [p.shape[0] for p in ab[:n]], x.shape, x.dtype, ab[0].dtype)
         return y.view(*x.shape[:-1], y.shape[-1])
 
     @staticmethod
@@ -331,21 +329,45 @@ class _FusedLoraFn(torch.autograd.Function):
         for s, o, r in zip(scales, outs, ranks):
             grads_b.append(full_b[col:col + o, row:row + r].mul(s))
             col, row = col + o, row + r
-        return (dx, None, None, None, None, *grads_a, *grads_b)
+        return (dx, None, None, None, None, None, None, *grads_a, *grads_b)
 
 
 class _Group:
-    """Members of one fused group, with the frozen stacked weight and the results not yet picked up."""
+    """Members of one fused group: their stacked frozen weight, the bf16 LoRA copies of the
+    current optimizer step, and the outputs computed but not yet picked up."""
 
     def __init__(self, members: list[nn.Module]):
         self.members = members
         self.weight = torch.cat([m.base_layer.weight.detach().to(torch.bfloat16) for m in members])
+        self.outs = tuple(m.base_layer.out_features for m in members)
+        start = 0
+        for m, o in zip(members, self.outs):  # the members' weights become views: no second copy
+            m.base_layer.weight.data = self.weight[start:start + o]
+            start += o
         biases = [m.base_layer.bias for m in members]
         self.bias = None if all(b is None for b in biases) else torch.cat([
             (b.detach() if b is not None else torch.zeros(m.base_layer.out_features)).to(torch.bfloat16)
             for b, m in zip(biases, members)])
-        self.outs = tuple(m.base_layer.out_features for m in members)
         self.pending: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._lora: tuple[tuple, torch.Tensor, torch.Tensor] | None = None
+
+    def lora(self, name: str) -> tuple[torch.Tensor, torch.Tensor, list, tuple]:
+        """(stacked bf16 A, block-diagonal bf16 scaled B, the parameters, the scales) for ``name``.
+
+        The bf16 copies are remade only when a parameter changed (its version counter moves
+        on every in-place optimizer update): once per step, not once per layer call.
+        """
+        a_params = [m.lora_A[name].weight for m in self.members]
+        b_params = [m.lora_B[name].weight for m in self.members]
+        scales = tuple(m.scaling[name] for m in self.members)
+        key = (name, scales, *(p._version for p in a_params + b_params), *(id(p) for p in a_params + b_params))
+        if self._lora is None or self._lora[0] != key:
+            with torch.no_grad():
+                dt = torch.bfloat16
+                a = torch.cat([p.to(dt) for p in a_params])
+                b = torch.block_diag(*[(p * s).to(dt) for p, s in zip(b_params, scales)])
+            self._lora = (key, a, b)
+        return self._lora[1], self._lora[2], a_params + b_params, scales
 
     def run(self, member: nn.Module, x: torch.Tensor) -> torch.Tensor:
         """This member's output for ``x``: computed with the whole group, or picked up."""
@@ -353,10 +375,8 @@ class _Group:
         hit = self.pending.pop(idx, None)
         if hit is not None and hit[0] is x:
             return hit[1]
-        name = member.active_adapters[0]
-        y = _FusedLoraFn.apply(
-            x, self.weight, self.bias, tuple(m.scaling[name] for m in self.members), self.outs,
-            *(m.lora_A[name].weight for m in self.members), *(m.lora_B[name].weight for m in self.members))
+        a, b, params, scales = self.lora(member.active_adapters[0])
+        y = _FusedLoraFn.apply(x, self.weight, self.bias, a, b, scales, self.outs, *params)
         parts = y.split(self.outs, dim=-1)
         self.pending = {j: (x, p) for j, p in enumerate(parts) if j != idx}
         return parts[idx]
