@@ -230,3 +230,25 @@ def test_fast_rms_norm_matches_the_module_forward_and_backward(cls_name):
     assert out1.dtype == torch.bfloat16
     assert (out1.float() - out0.float()).abs().max().item() < 0.05
     assert ((x.grad.float() - g0.float()).norm() / g0.float().norm()).item() < 0.01
+
+
+@pytest.mark.skipif(not _bf16_here(), reason="bf16 true needs a CPU with AVX512-BF16/AMX")
+@pytest.mark.parametrize("option", [{"use_dora": True}, {"lora_dropout": 0.1}, {"gradient_checkpointing": True}])
+def test_options_outside_the_fused_path_still_train(option, tiny_model_dir, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from catalogtune import config
+    from catalogtune.train import TrainConfig, run
+
+    rows = [{"title": f"item {i} blue", "content": f"a blue item number {i} for kids " * 2} for i in range(12)]
+    pq.write_table(pa.Table.from_pylist(rows[:8]), tmp_path / "train.parquet")
+    pq.write_table(pa.Table.from_pylist(rows[8:]), tmp_path / "val.parquet")
+    cfg = config.build(TrainConfig, data=tmp_path, out=tmp_path / "run", model=str(tiny_model_dir), batch_size=4,
+                       max_length=40, lr=1e-2, eval_every=4, max_steps=4, lora_r=4, lora_alpha=8, bf16="true",
+                       patience=0, **option)
+    summary = run(cfg).summary
+    fast = summary["speed_ups"]
+    assert "fused_lora_groups" not in fast and fast["cpu_attention"] is True
+    assert fast.get("fast_dropout", 0) == (2 * 7 if "lora_dropout" in option else 0)
+    assert summary["steps"] == 4 and summary["best_val_loss"] < summary["initial_val_loss"]
