@@ -86,7 +86,7 @@ class TrainConfig:
     backend: str = "torch"
     """torch, or unsloth (CUDA only)."""
     fast_kernels: bool = True
-    """Under bf16: frozen weights stored in bf16, and on CPU matmul attention and cheap LoRA dropout (train_fast)."""
+    """Under bf16: frozen weights in bf16; on CPU also matmul attention, fused LoRA q/k/v and gate/up, fast RMS norms and LoRA dropout (train_fast)."""
     merge: bool = False
     """Also write RUN_DIR/merged/: the base model with the adapter merged in."""
     resume: bool = False

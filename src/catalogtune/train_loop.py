@@ -13,6 +13,7 @@ import math
 import os
 import shutil
 import signal
+import sys
 import threading
 import time
 from pathlib import Path
@@ -284,8 +285,8 @@ class Loop:
                     tb and tb.scalars(st.step, {"train/loss": rec["loss"], "train/lr": rec["lr"],
                                                 "val/loss": rec.get("val_loss"),
                                                 "train/useful_tokens_per_s": rec["useful_tokens_per_s"]})
+                    bar.set_postfix(loss=f"{rec['loss']:.3f}", tok_s=f"{rec['tokens_per_s']:.0f}", refresh=False)
                     bar.update(1)
-                    bar.set_postfix(loss=f"{rec['loss']:.3f}", tok_s=f"{rec['tokens_per_s']:.0f}")
                     if st.step % cfg.save_every == 0:
                         self.checkpoint()
                     self.progress("running")
@@ -323,7 +324,10 @@ class Loop:
 def _bar(total: int, initial: int, enabled: bool) -> Any:
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, initial=initial, disable=not enabled, desc="train", unit="step", dynamic_ncols=True)
+    # in a log file (not a terminal) one line every 30 s, not one per step
+    quiet = not sys.stderr.isatty()
+    return tqdm(total=total, initial=initial, disable=not enabled, desc="train", unit="step", dynamic_ncols=True,
+                mininterval=30.0 if quiet else 0.1)
 
 
 def merge(run_dir: Path, model_name: str) -> Path:
