@@ -135,6 +135,12 @@ def test_fused_lora_groups_give_the_same_loss_and_lora_gradients(tiny_model_dir)
         assert g1[name].dtype == torch.float32
     # the base weights stay frozen and untouched by the fused path
     assert all(not p.requires_grad for n, p in fused.named_parameters() if "lora_" not in n)
+    # ... and with rotary + attention as one node on top (Llama attention modules only)
+    assert train_fast.use_cpu_attention(fused) and train_fast.fast_llama_attention(fused) == 2
+    loss2, g2 = _loss_and_grads(fused, ids)
+    assert loss2 == pytest.approx(loss0, rel=5e-3)
+    for name in g0:
+        assert ((g2[name] - g0[name]).norm() / g0[name].norm()).item() < 0.05, name
 
 
 def test_freeze_in_bf16_keeps_lora_weights_trainable_float32(tiny_model_dir):

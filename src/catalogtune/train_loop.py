@@ -132,6 +132,8 @@ class Loop:
             done["rms_norms"] = train_fast.fast_rms_norms(self.model)
             if cfg.lora_dropout == 0 and not cfg.gradient_checkpointing and not cfg.use_dora:
                 done["fused_lora_groups"] = train_fast.fuse_lora_groups(self.model)
+                if done.get("cpu_attention"):
+                    done["rope_attention"] = train_fast.fast_llama_attention(self.model)
             else:
                 done["lora_forward"] = train_fast.fast_lora_forward(self.model)
         return done
