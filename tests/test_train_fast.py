@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from catalogtune import train_fast
+from catalogtune import train_attention, train_fast
 from catalogtune.train_model import linear_cross_entropy
 
 BF16 = dict(device_type="cpu", dtype=torch.bfloat16)
@@ -37,7 +37,7 @@ MODULE = SimpleNamespace(num_key_value_groups=3, is_causal=True, training=True)
 def test_cpu_attention_matches_float32_causal_gqa_forward_and_backward():
     q, k, v = _qkv()
     with torch.autocast(**BF16):
-        out, _ = train_fast.cpu_attention(MODULE, q, k, v, None, scaling=16 ** -0.5)
+        out, _ = train_attention.cpu_attention(MODULE, q, k, v, None, scaling=16 ** -0.5)
     ref = _reference(q, k, v)
     assert out.shape == ref.shape == (2, 37, 6, 16)
     assert (out.float() - ref).abs().max().item() < 0.03
@@ -58,7 +58,7 @@ def test_cpu_attention_with_a_padding_mask_stays_finite_and_matches():
     keep[1, :, :, :4] = False  # the second sample's first 4 positions are padding
     keep[1, :, :4, :] = False  # ... and its padded rows see nothing at all
     with torch.autocast(**BF16):
-        out, _ = train_fast.cpu_attention(MODULE, q, k, v, keep, scaling=0.25)
+        out, _ = train_attention.cpu_attention(MODULE, q, k, v, keep, scaling=0.25)
     assert torch.isfinite(out.float()).all()
     ref = _reference(q, k, v, keep)
     assert (out.float()[0] - ref[0]).abs().max().item() < 0.03
@@ -67,7 +67,7 @@ def test_cpu_attention_with_a_padding_mask_stays_finite_and_matches():
 
 def test_cpu_attention_leaves_float32_without_autocast_to_sdpa():
     q, k, v = _qkv(dtype=torch.float32)
-    out, _ = train_fast.cpu_attention(MODULE, q, k, v, None, scaling=16 ** -0.5)
+    out, _ = train_attention.cpu_attention(MODULE, q, k, v, None, scaling=16 ** -0.5)
     assert out.dtype == torch.float32
     assert torch.allclose(out, _reference(q, k, v), atol=1e-5)
 
@@ -136,7 +136,7 @@ def test_fused_lora_groups_give_the_same_loss_and_lora_gradients(tiny_model_dir)
     # the base weights stay frozen and untouched by the fused path
     assert all(not p.requires_grad for n, p in fused.named_parameters() if "lora_" not in n)
     # ... and with rotary + attention as one node on top (Llama attention modules only)
-    assert train_fast.use_cpu_attention(fused) and train_fast.fast_llama_attention(fused) == 2
+    assert train_attention.use_cpu_attention(fused) and train_attention.fast_llama_attention(fused) == 2
     loss2, g2 = _loss_and_grads(fused, ids)
     assert loss2 == pytest.approx(loss0, rel=5e-3)
     for name in g0:

@@ -120,20 +120,20 @@ class Loop:
     def _speed_ups(self) -> dict[str, Any]:
         """Apply `train_fast`'s speed-ups that fit this run; returns what was applied."""
         cfg, dev = self.cfg, self.acc.device
-        from catalogtune import train_fast
+        from catalogtune import train_attention, train_fast
 
         done: dict[str, Any] = {}
         if not (cfg.fast_kernels and self.bf16 and cfg.backend == "torch" and not cfg.load_in_4bit):
             return done
         done["bf16_frozen"] = train_fast.freeze_in_bf16(self.model)
         if dev.type == "cpu":
-            done["cpu_attention"] = train_fast.use_cpu_attention(self.model)
+            done["cpu_attention"] = train_attention.use_cpu_attention(self.model)
             done["fast_dropout"] = train_fast.fast_lora_dropout(self.model)
             done["rms_norms"] = train_fast.fast_rms_norms(self.model)
             if cfg.lora_dropout == 0 and not cfg.gradient_checkpointing and not cfg.use_dora:
                 done["fused_lora_groups"] = train_fast.fuse_lora_groups(self.model)
                 if done.get("cpu_attention"):
-                    done["rope_attention"] = train_fast.fast_llama_attention(self.model)
+                    done["rope_attention"] = train_attention.fast_llama_attention(self.model)
             else:
                 done["lora_forward"] = train_fast.fast_lora_forward(self.model)
         return done
