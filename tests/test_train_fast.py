@@ -180,6 +180,15 @@ def test_linear_cross_entropy_matches_torch_and_survives_an_impossible_target():
     assert got == pytest.approx(exact, rel=1e-2) and exact > 150
 
 
+def _splits(folder, rows: list[dict], n_train: int) -> None:
+    """train.parquet and val.parquet of invented records in ``folder``."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.Table.from_pylist(rows[:n_train]), folder / "train.parquet")
+    pq.write_table(pa.Table.from_pylist(rows[n_train:]), folder / "val.parquet")
+
+
 def _bf16_here() -> bool:
     from catalogtune.train import bf16_supported
 
@@ -188,17 +197,12 @@ def _bf16_here() -> bool:
 
 @pytest.mark.skipif(not _bf16_here(), reason="bf16 true needs a CPU with AVX512-BF16/AMX")
 def test_training_with_and_without_the_speed_ups_agrees(tiny_model_dir, tmp_path):
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     from catalogtune import config
     from catalogtune.train import TrainConfig, run
 
     words = "red blue cotton steel kids gift set pack book novel toy game".split()
-    rows = [{"title": f"{words[i % 12]} {words[(i * 5) % 12]}", "content": f"a {words[(i * 7) % 12]} thing " * 3}
-            for i in range(24)]
-    pq.write_table(pa.Table.from_pylist(rows[:20]), tmp_path / "train.parquet")
-    pq.write_table(pa.Table.from_pylist(rows[20:]), tmp_path / "val.parquet")
+    _splits(tmp_path, [{"title": f"{words[i % 12]} {words[(i * 5) % 12]}", "content": f"a {words[(i * 7) % 12]} thing " * 3}
+                       for i in range(24)], n_train=20)
     out = {}
     for fast in (True, False):
         cfg = config.build(TrainConfig, data=tmp_path, out=tmp_path / f"run-{fast}", model=str(tiny_model_dir),
@@ -241,15 +245,11 @@ def test_fast_rms_norm_matches_the_module_forward_and_backward(cls_name):
 @pytest.mark.skipif(not _bf16_here(), reason="bf16 true needs a CPU with AVX512-BF16/AMX")
 @pytest.mark.parametrize("option", [{"use_dora": True}, {"lora_dropout": 0.1}, {"gradient_checkpointing": True}])
 def test_options_outside_the_fused_path_still_train(option, tiny_model_dir, tmp_path):
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     from catalogtune import config
     from catalogtune.train import TrainConfig, run
 
-    rows = [{"title": f"item {i} blue", "content": f"a blue item number {i} for kids " * 2} for i in range(12)]
-    pq.write_table(pa.Table.from_pylist(rows[:8]), tmp_path / "train.parquet")
-    pq.write_table(pa.Table.from_pylist(rows[8:]), tmp_path / "val.parquet")
+    _splits(tmp_path, [{"title": f"item {i} blue", "content": f"a blue item number {i} for kids " * 2}
+                       for i in range(12)], n_train=8)
     cfg = config.build(TrainConfig, data=tmp_path, out=tmp_path / "run", model=str(tiny_model_dir), batch_size=4,
                        max_length=40, lr=1e-2, eval_every=4, max_steps=4, lora_r=4, lora_alpha=8, bf16="true",
                        patience=0, **option)
