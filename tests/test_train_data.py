@@ -105,6 +105,17 @@ def test_chunked_linear_cross_entropy_matches_reference(monkeypatch, softcap):
     torch.testing.assert_close(w.grad, w2.grad, rtol=1e-4, atol=1e-5)
 
 
+def _hf_summed_loss(model, examples) -> float:
+    """Summed description-token loss the usual HF way: labels -100 on the prompt, one example at a time."""
+    ref = 0.0
+    for ids, n_prompt in examples:
+        x = torch.tensor([ids])
+        labels = x.clone()
+        labels[0, :n_prompt] = -100
+        ref += model(input_ids=x, labels=labels).loss.item() * (len(ids) - n_prompt)
+    return ref
+
+
 def test_loss_model_takes_loss_on_description_only(tiny):
     model, tok = tiny
     examples = tokenize(RECORDS[:3], tok, 64).examples
@@ -113,12 +124,7 @@ def test_loss_model_takes_loss_on_description_only(tiny):
     with torch.no_grad():
         got = lm(c["input_ids"], c["loss_rows"], c["loss_targets"])
         # reference: the usual HF path, labels -100 on the prompt and on the padding, per example
-        ref = 0.0
-        for ids, n_prompt in examples:
-            x = torch.tensor([ids])
-            labels = x.clone()
-            labels[0, :n_prompt] = -100
-            ref += model(input_ids=x, labels=labels).loss.item() * (len(ids) - n_prompt)
+        ref = _hf_summed_loss(model, examples)
     assert got.item() == pytest.approx(ref, rel=1e-4)
     # changing a prompt token's *target* value cannot matter: those rows are never selected
     assert c["n_useful"] == sum(len(i) - n for i, n in examples)
@@ -137,10 +143,5 @@ def test_loss_model_matches_hf_loss_on_a_gemma3_with_softcapping():
     c = collate(examples, [0, 1], pad_id=0)
     with torch.no_grad():
         got = tm.LossModel(model)(c["input_ids"], c["loss_rows"], c["loss_targets"]).item()
-        ref = 0.0
-        for ids, n_prompt in examples:
-            x = torch.tensor([ids])
-            labels = x.clone()
-            labels[0, :n_prompt] = -100
-            ref += model(input_ids=x, labels=labels).loss.item() * (len(ids) - n_prompt)
+        ref = _hf_summed_loss(model, examples)
     assert got == pytest.approx(ref, rel=1e-4)

@@ -87,6 +87,19 @@ def fast_lora_dropout(model: nn.Module) -> int:
     return n
 
 
+def _plain_adapter(layer: nn.Module, args: tuple, kwargs: dict) -> str | None:
+    """The one active plain-LoRA adapter of a PEFT ``Linear`` called under bf16 autocast, else None.
+
+    None (use PEFT's own forward) for extra call arguments, disabled or merged adapters,
+    several adapters, variants such as DoRA, or no autocast.
+    """
+    active = layer.active_adapters
+    if (args or kwargs or layer.disable_adapters or layer.merged or len(active) != 1 or not _bf16_autocast()
+            or active[0] in layer.lora_variant or active[0] not in layer.lora_A):
+        return None
+    return active[0]
+
+
 def _lora_forward(self: nn.Module, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
     """PEFT LoRA ``Linear.forward`` for one plain adapter under bf16 autocast, with fewer passes.
 
@@ -94,11 +107,9 @@ def _lora_forward(self: nn.Module, x: torch.Tensor, *args: Any, **kwargs: Any) -
     then scales the LoRA output in a separate pass; here the input is cast to bf16 once and the
     scale is folded into the (rank x out) matrix B. Anything else goes to PEFT's own forward.
     """
-    active = self.active_adapters
-    if (args or kwargs or self.disable_adapters or self.merged or len(active) != 1 or not _bf16_autocast()
-            or active[0] in self.lora_variant or active[0] not in self.lora_A):
+    name = _plain_adapter(self, args, kwargs)
+    if name is None:
         return type(self).forward(self, x, *args, **kwargs)
-    name = active[0]
     xb = x.to(torch.bfloat16)
     base = self.base_layer
     a = self.lora_A[name].weight.to(torch.bfloat16)
@@ -270,18 +281,14 @@ class _Group:
         hit = self.pending.pop(idx, None)
         if hit is not None and hit[0] is x:
             return hit[1]
-        a, b, params, scales = self.lora(member.active_adapters[0])
-        y = _FusedLoraFn.apply(x, self.weight, self.bias, a, b, scales, self.outs, *params)
-        parts = y.split(self.outs, dim=-1)
+        parts = self.fused(member.active_adapters[0], x).split(self.outs, dim=-1)
         self.pending = {j: (x, p) for j, p in enumerate(parts) if j != idx}
         return parts[idx]
 
 
 def _grouped_forward(self: nn.Module, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-    active = self.active_adapters
-    if (args or kwargs or self.disable_adapters or self.merged or len(active) != 1 or not _bf16_autocast()
-            or active[0] in self.lora_variant or active[0] not in self.lora_A
-            or not isinstance(self.lora_dropout[active[0]], nn.Identity)):
+    name = _plain_adapter(self, args, kwargs)
+    if name is None or not isinstance(self.lora_dropout[name], nn.Identity):
         self._ct_group.pending.clear()
         return type(self).forward(self, x, *args, **kwargs)
     return self._ct_group.run(self, x)
