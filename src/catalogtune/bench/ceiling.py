@@ -25,13 +25,15 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 
-def matmul_ceiling(n: int = 2048, reps: int = 5, trials: int = 5, dtype: str = "bfloat16") -> tuple[float, float]:
+def matmul_ceiling(n: int = 2048, reps: int = 5, trials: int = 5, dtype: str = "bfloat16",
+                   device: str = "cpu") -> tuple[float, float]:
     """(TFLOP/s of wall time, TFLOP per process CPU-second) of (n x n) @ (n x n) matmuls.
 
     Uses all cores (``torch.set_num_threads(os.cpu_count())``); of ``trials`` timings of
     ``reps`` matmuls the median is kept: robust to a single odd trial, and it still drops the
     trials slowed by other jobs on shared cores as long as most are not. The per-CPU-second figure is the same work over this process's CPU time, for
-    comparing with training runs measured the same way on busy cores.
+    comparing with training runs measured the same way on busy cores. On ``device="cuda"`` the
+    GPU's queue is drained before each clock reading (use n >= 8192 to fill a large GPU).
     """
     import torch
 
@@ -40,14 +42,17 @@ def matmul_ceiling(n: int = 2048, reps: int = 5, trials: int = 5, dtype: str = "
     torch.set_num_threads(os.cpu_count() or 1)
     dt = getattr(torch, dtype)
     gen = torch.Generator().manual_seed(0)
-    a = torch.randn(n, n, generator=gen).to(dt)
-    b = torch.randn(n, n, generator=gen).to(dt)
-    a @ b  # warm-up: oneDNN picks and caches its kernel on the first call
+    a = torch.randn(n, n, generator=gen).to(device=device, dtype=dt)
+    b = torch.randn(n, n, generator=gen).to(device=device, dtype=dt)
+    sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
+    a @ b  # warm-up: oneDNN (cuBLAS) picks and caches its kernel on the first call
+    sync()
     walls, cpus = [], []
     for _ in range(trials):
         t0, c0 = time.perf_counter(), time.process_time()
         for _ in range(reps):
             a @ b
+        sync()
         walls.append(time.perf_counter() - t0)
         cpus.append(time.process_time() - c0)
     wall, cpu = statistics.median(walls), statistics.median(cpus)

@@ -8,6 +8,9 @@ the label positions that carry loss; tokens are all non-pad tokens fed to the de
 The ceiling (a large bf16 matmul, median of several trials) is measured in the same run, before
 and after the two systems; the higher of the two is used, which keeps the fraction conservative.
 The last line printed is one JSON object (`catalogtune.bench.emit`).
+On a machine with a CUDA GPU both systems train on it (as `catalogtune train` does), the ceiling
+is a large bf16 matmul on the GPU, peak GPU memory is reported beside peak RSS, and
+``--backend unsloth`` times our loop with Unsloth's model and kernels instead of ours.
 """
 
 from __future__ import annotations
@@ -58,6 +61,8 @@ class BenchTrainConfig:
     """The anchor's gradient checkpointing: on is TRL SFTConfig's default (what a user gets)."""
     repeats: int = 1
     """Alternate ours/anchor this many times and keep each system's best (shared, noisy cores)."""
+    backend: str = "torch"
+    """Our engine's backend: torch, or unsloth (CUDA only; the anchor stays TRL + PEFT)."""
     seed: int = 0
     """Seed for both systems."""
     timeout_s: int = 3600
@@ -72,6 +77,8 @@ class BenchTrainConfig:
                 raise ValueError(f"{name} must be >= 1")
         if not 0.0 <= self.lora_dropout < 1.0:
             raise ValueError("lora_dropout must be in [0, 1)")
+        if self.backend not in ("torch", "unsloth"):
+            raise ValueError("backend must be torch or unsloth")
 
 
 @dataclass
@@ -142,7 +149,7 @@ def _anchor_worker(spec: dict) -> dict:
     ]
     total_steps = spec["warmup_steps"] + spec["steps"]
     args = SFTConfig(
-        output_dir=spec["out"], use_cpu=True, bf16=True, per_device_train_batch_size=spec["batch_size"],
+        output_dir=spec["out"], use_cpu=not torch.cuda.is_available(), bf16=True, per_device_train_batch_size=spec["batch_size"],
         gradient_accumulation_steps=1, packing=False, max_length=spec["max_length"], max_steps=total_steps,
         learning_rate=spec["lr"], report_to="none", save_strategy="no", eval_strategy="no",
         logging_strategy="no", disable_tqdm=True, seed=spec["seed"], dataloader_num_workers=0,
@@ -171,11 +178,20 @@ def _anchor_worker(spec: dict) -> dict:
 
     class Clock(TrainerCallback):
         def on_step_end(self, args, state, control, **kw):  # noqa: D102 - a timing hook
+            _sync()
             stamps.append((time.perf_counter(), time.process_time()))
 
     trainer.add_callback(Clock())
     trainer.train()
     return _timed(stamps, counts, spec)
+
+
+def _sync() -> None:
+    """Wait for the GPU's queued work (a step's stamp must include it); no-op on CPUs."""
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
 
 
 def _timed(stamps: list[tuple[float, float]], counts: list[tuple[int, int]], spec: dict) -> dict:
@@ -190,8 +206,13 @@ def _timed(stamps: list[tuple[float, float]], counts: list[tuple[int, int]], spe
     useful = sum(c[1] for c in counts[w : w + n])
     # CPU seconds (all threads) are less sensitive than wall time to other people's jobs on
     # shared cores; reported beside the wall-time figures, which stay the headline.
-    return {"wall_s": wall1 - wall0, "cpu_s": cpu1 - cpu0, "tokens": tokens, "useful_tokens": useful,
-            "steps": n, "peak_rss_mb": peak_rss_mb()}
+    out = {"wall_s": wall1 - wall0, "cpu_s": cpu1 - cpu0, "tokens": tokens, "useful_tokens": useful,
+           "steps": n, "peak_rss_mb": peak_rss_mb()}
+    import torch
+
+    if torch.cuda.is_available():
+        out["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    return out
 
 
 def _ours_worker(spec: dict) -> dict:
@@ -206,12 +227,14 @@ def _ours_worker(spec: dict) -> dict:
         batch_size=spec["batch_size"], grad_accum=1, lr=spec["lr"], lora_r=spec["lora_r"],
         lora_alpha=spec["lora_alpha"], lora_dropout=spec["lora_dropout"], max_length=spec["max_length"],
         target_modules=["all-linear"], seed=spec["seed"], bf16="auto", overwrite=True,
+        backend=spec.get("backend", "torch"),
         eval_every=0, save_every=10**6,  # no validation or checkpoint inside the timed window
     )
     stamps: list[tuple[float, float]] = []
     cumulative: list[tuple[int, int]] = [(0, 0)]
 
     def clock(step: int, loop: Any) -> None:
+        _sync()
         stamps.append((time.perf_counter(), time.process_time()))
         cumulative.append((int(loop.state.tokens), int(loop.state.useful_tokens)))
 
@@ -253,6 +276,10 @@ def run(cfg: BenchTrainConfig) -> BenchTrainResult:
     from catalogtune import models
     from catalogtune.bench.ceiling import avg_context, lora_flops, matmul_ceiling
 
+    if cfg.backend == "unsloth":
+        from catalogtune.unsloth_backend import check_available
+
+        check_available()  # one line, before any long work
     model_dir = models.resolve(cfg.model)  # convert once here, not inside the timed children
     with tempfile.TemporaryDirectory(prefix="ct-bench-train-") as tmp:
         work = Path(cfg.work) if cfg.work else Path(tmp)
@@ -260,12 +287,21 @@ def run(cfg: BenchTrainConfig) -> BenchTrainResult:
         data = prepare_data(cfg.data, work)
         spec = {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(cfg).items()}
         spec.update(data=str(data), model=str(cfg.model))
-        ceilings = [matmul_ceiling()]
+        import torch
+
+        # The device both systems train on: the GPU when there is one (as `catalogtune train`).
+        gpu = torch.cuda.is_available()
+        if gpu:  # a CPU-second figure means nothing for GPU work: 0.0 leaves it out
+            def measure() -> tuple[float, float]:
+                return matmul_ceiling(n=8192, reps=10, device="cuda")[0], 0.0
+        else:
+            measure = matmul_ceiling
+        ceilings = [measure()]
         runs: dict[str, list[dict]] = {"ours": [], "anchor": []}
         for i in range(cfg.repeats):
             for kind in ("ours", "anchor") if cfg.anchor else ("ours",):
                 runs[kind].append(_spawn(kind, dict(spec, out=str(work / f"{kind}-{i}")), work, cfg.timeout_s))
-        ceilings.append(matmul_ceiling())
+        ceilings.append(measure())
         from transformers import AutoTokenizer
 
         from catalogtune.data.io import read_split
@@ -273,7 +309,9 @@ def run(cfg: BenchTrainConfig) -> BenchTrainResult:
         tok = AutoTokenizer.from_pretrained(str(model_dir))
         totals, _ = sample_lengths(tok, read_split(data, "train"), cfg.max_length)
     best = (max(c[0] for c in ceilings), max(c[1] for c in ceilings))
-    return BenchTrainResult(summarise(cfg, runs, best, lora_flops(model_dir, cfg.lora_r), avg_context(totals)))
+    figures = summarise(cfg, runs, best, lora_flops(model_dir, cfg.lora_r), avg_context(totals))
+    figures["device"] = torch.cuda.get_device_name() if gpu else "cpu"
+    return BenchTrainResult(figures)
 
 
 def summarise(cfg: BenchTrainConfig, runs: dict[str, list[dict]], ceiling: tuple[float, float] | float,
@@ -295,6 +333,9 @@ def summarise(cfg: BenchTrainConfig, runs: dict[str, list[dict]], ceiling: tuple
                            "anchor_gradient_checkpointing": cfg.anchor_gradient_checkpointing}
     out.update(_rates(ours))
     out["peak_rss_mb"] = round(ours["peak_rss_mb"], 1)
+    if "peak_gpu_mb" in ours:
+        out["peak_gpu_mb"] = round(ours["peak_gpu_mb"], 1)
+        out["backend"] = cfg.backend
     out["achieved_tflops"] = achieved(ours)
     out["ceiling_tflops"] = ceiling
     out["ceiling_fraction"] = out["achieved_tflops"] / ceiling
@@ -307,6 +348,8 @@ def summarise(cfg: BenchTrainConfig, runs: dict[str, list[dict]], ceiling: tuple
         ar = _rates(anc)
         out.update({f"anchor_{k}": v for k, v in ar.items()})
         out["anchor_peak_rss_mb"] = round(anc["peak_rss_mb"], 1)
+        if "peak_gpu_mb" in anc:
+            out["anchor_peak_gpu_mb"] = round(anc["peak_gpu_mb"], 1)
         out["anchor_achieved_tflops"] = achieved(anc)
         out["anchor_ceiling_fraction"] = out["anchor_achieved_tflops"] / ceiling
         out["speedup"] = out["useful_tokens_per_s"] / ar["useful_tokens_per_s"]

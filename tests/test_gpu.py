@@ -1,0 +1,117 @@
+"""The CUDA paths: the torch backend in bf16 on a GPU, QLoRA 4-bit, and `--backend unsloth`.
+
+Skipped on machines without CUDA (CI); they run where a GPU is (`pytest -m gpu`). Each trains
+the tiny random Llama on a few synthetic records, like the CPU tests in test_train.py.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from catalogtune import config
+from catalogtune.train import TrainConfig, run
+from catalogtune.train_data import read_split
+from catalogtune.train_loop import Loop
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+needs_bnb = pytest.mark.skipif(importlib.util.find_spec("bitsandbytes") is None, reason="needs bitsandbytes")
+needs_unsloth = pytest.mark.skipif(importlib.util.find_spec("unsloth") is None, reason="needs unsloth")
+
+WORDS = "red blue pink cotton steel kids girls gift set pack book novel music album toy game".split()
+
+
+def _records(n: int, offset: int = 0) -> list[dict]:
+    out = []
+    for i in range(offset, offset + n):
+        a, b, c = WORDS[i % 16], WORDS[(i * 3) % 16], WORDS[(i * 7) % 16]
+        out.append({"id": str(i), "title": f"{a} {b} {c}", "content": f"a {a} {b} for {c} " * (1 + i % 3)})
+    return out
+
+
+@pytest.fixture(scope="module")
+def gpu_data(tmp_path_factory):
+    d = tmp_path_factory.mktemp("gpudata")
+    pq.write_table(pa.Table.from_pylist(_records(16)), d / "train.parquet")
+    pq.write_table(pa.Table.from_pylist(_records(4, offset=100)), d / "val.parquet")
+    return d
+
+
+@pytest.fixture
+def gpu_cfg(gpu_data, tiny_model_dir, tmp_path):
+    def make(name="run", **kw):
+        base = dict(data=gpu_data, out=tmp_path / name, model=str(tiny_model_dir), batch_size=4,
+                    max_length=48, lr=1e-2, eval_every=2, save_every=2, patience=0, max_steps=4,
+                    lora_r=4, lora_alpha=8, seed=0, bf16="true")
+        base.update(kw)
+        return config.build(TrainConfig, base)
+    return make
+
+
+def _losses(run_dir) -> list[float]:
+    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [r["loss"] for r in rows if r.get("loss") is not None]
+
+
+def _train_and_check(cfg, gpu_data) -> tuple[Loop, dict]:
+    """Run ``cfg`` through the Loop; assert LoRA weights moved, frozen ones did not, on the GPU."""
+    loop = Loop(cfg, read_split(gpu_data, "train"), read_split(gpu_data, "val"))
+    before = {n: p.detach().clone() for n, p in loop.model.named_parameters()}
+    summary = loop.run()
+    trainable = [n for n, p in loop.model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+    for n, p in loop.model.named_parameters():
+        assert p.device.type == "cuda", n
+        changed = not torch.equal(before[n], p.detach())
+        assert changed == p.requires_grad, n
+    assert summary["steps"] == cfg.max_steps
+    assert (cfg.out / "adapter" / "adapter_model.safetensors").is_file()
+    return loop, summary
+
+
+def test_torch_backend_bf16_on_gpu_and_resume_equals_uninterrupted(gpu_cfg, gpu_data):
+    loop, summary = _train_and_check(gpu_cfg("full", max_steps=6, eval_every=0, save_every=3), gpu_data)
+    assert loop.bf16 and summary["best_val_loss"] is None
+    assert "bf16_frozen" in summary["speed_ups"]
+    losses = _losses(loop.run_dir)
+    assert all(x == x for x in losses) and min(losses[-2:]) < losses[0]  # finite, and it learns
+    run(gpu_cfg("part", max_steps=3, eval_every=0, save_every=3))
+    resumed = run(gpu_cfg("part", max_steps=6, eval_every=0, save_every=3, resume=True))
+    assert resumed.summary["resumed_from"] == 3 and resumed.summary["steps"] == 6
+    a = load_file(str(loop.run_dir / "adapter" / "adapter_model.safetensors"))
+    b = load_file(str(resumed.run_dir / "adapter" / "adapter_model.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)
+
+
+@needs_bnb
+def test_qlora_4bit_trains_adapters_over_a_frozen_nf4_base(gpu_cfg, gpu_data):
+    import bitsandbytes as bnb
+
+    loop, summary = _train_and_check(gpu_cfg("qlora", load_in_4bit=True, max_steps=6), gpu_data)
+    quantized = [m for m in loop.model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    assert quantized and all(m.weight.quant_state.quant_type == "nf4" for m in quantized)
+    assert summary["best_val_loss"] is not None and summary["best_val_loss"] == summary["best_val_loss"]
+    assert "bf16_frozen" not in summary.get("speed_ups", {})  # the CPU/bf16 speed-ups keep off 4-bit
+    losses = _losses(loop.run_dir)
+    assert min(losses[-2:]) < losses[0]
+
+
+@needs_unsloth
+def test_unsloth_backend_trains_and_writes_a_peft_adapter(gpu_cfg, gpu_data):
+    from peft import PeftConfig
+
+    cfg = gpu_cfg("unsloth", backend="unsloth", max_steps=6)
+    loop, summary = _train_and_check(cfg, gpu_data)
+    assert type(loop.model.get_base_model()).forward.__module__.startswith("unsloth")  # Unsloth's patched model
+    losses = _losses(loop.run_dir)
+    assert min(losses[-2:]) < losses[0]
+    adapter = PeftConfig.from_pretrained(str(cfg.out / "adapter"))
+    assert adapter.r == 4 and set(adapter.target_modules) >= {"q_proj", "v_proj"}
