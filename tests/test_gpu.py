@@ -70,7 +70,8 @@ def _train_and_check(cfg, gpu_data) -> tuple[Loop, dict]:
         assert p.device.type == "cuda", n
         changed = not torch.equal(before[n], p.detach())
         assert changed == p.requires_grad, n
-    assert summary["steps"] == cfg.max_steps
+    assert summary["steps"] == cfg.max_steps and summary["backend"] == cfg.backend
+    assert summary["device"] == "cuda" and summary["peak_gpu_mb"] > 0 and summary["gpu"]
     assert (cfg.out / "adapter" / "adapter_model.safetensors").is_file()
     return loop, summary
 
@@ -81,7 +82,12 @@ def test_torch_backend_bf16_on_gpu_and_resume_equals_uninterrupted(gpu_cfg, gpu_
     assert "bf16_frozen" in summary["speed_ups"]
     losses = _losses(loop.run_dir)
     assert all(x == x for x in losses) and min(losses[-2:]) < losses[0]  # finite, and it learns
-    run(gpu_cfg("part", max_steps=3, eval_every=0, save_every=3))
+    def die_at_4(step, loop):  # a hard failure after step 4: the step-3 checkpoint is what is left
+        if step == 4:
+            raise RuntimeError("killed")
+
+    with pytest.raises(RuntimeError):
+        run(gpu_cfg("part", max_steps=6, eval_every=0, save_every=3), callback=die_at_4)
     resumed = run(gpu_cfg("part", max_steps=6, eval_every=0, save_every=3, resume=True))
     assert resumed.summary["resumed_from"] == 3 and resumed.summary["steps"] == 6
     a = load_file(str(loop.run_dir / "adapter" / "adapter_model.safetensors"))

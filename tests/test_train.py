@@ -64,6 +64,8 @@ def test_lora_weights_change_base_weights_do_not(make_cfg, data_dir):
                 "peak_rss_mb", "best_val_loss", "initial_val_loss"):
         assert summary[key] is not None and summary[key] > 0, key
     assert summary["useful_tokens"] < summary["tokens"]  # prompts carry no loss
+    assert summary["backend"] == "torch" and summary["device"] == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert ("peak_gpu_mb" in summary) == torch.cuda.is_available()
     rows = [json.loads(x) for x in (cfg.out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3] and "val_loss" in rows[1] and "val_loss" in rows[2]
     assert {"loss", "lr", "tokens_per_s", "useful_tokens_per_s", "time"} <= set(rows[0])

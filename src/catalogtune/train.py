@@ -166,11 +166,15 @@ def run(cfg: TrainConfig, *, callback: Any = None) -> TrainResult:
     ``callback(step, loop)`` (optional) runs after each optimizer step; tests use it to
     interrupt a run. Bad input raises CatalogtuneError before the model is loaded.
     """
+    check_environment(cfg)
+    if cfg.backend == "unsloth":
+        from catalogtune.unsloth_backend import import_unsloth
+
+        import_unsloth()  # before transformers and peft, so that all of Unsloth's patches apply
     from catalogtune import models
     from catalogtune.train_data import read_split
     from catalogtune.train_loop import train
 
-    check_environment(cfg)
     models.resolve(cfg.model)  # unknown name / bad folder -> one-line error now
     train_rows = read_split(cfg.data, "train", limit=cfg.max_samples)
     val_rows = read_split(cfg.data, "val", limit=cfg.max_val_samples) if cfg.eval_every > 0 else []

@@ -251,7 +251,15 @@ class Loop:
             "stopped": stopped, "epochs_done": round(st.step / self.sched.steps_per_epoch, 3),
             "model": self.cfg.model, "bf16": self.bf16, "world_size": self.acc.num_processes,
             "resumed_from": self.resumed_from, "speed_ups": self.fast, **self.data_info,
+            "backend": self.cfg.backend, "device": self.acc.device.type, **self._gpu_figures(),
         }
+
+    def _gpu_figures(self) -> dict[str, Any]:
+        """GPU name and peak GPU memory (this process) when training on CUDA, else nothing."""
+        if self.acc.device.type != "cuda":
+            return {}
+        return {"gpu": torch.cuda.get_device_name(self.acc.device),
+                "peak_gpu_mb": round(torch.cuda.max_memory_allocated(self.acc.device) / 2**20, 1)}
 
     # -- the loop ------------------------------------------------------------------------
     def run(self, callback: Callable[[int, "Loop"], None] | None = None) -> dict[str, Any]:

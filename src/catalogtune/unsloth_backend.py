@@ -52,7 +52,11 @@ def check_available() -> None:
     )
 
 
-def _import_unsloth() -> Any:
+def import_unsloth() -> Any:
+    """Import Unsloth (first, ahead of transformers and peft where possible) -> FastLanguageModel.
+
+    A missing package or a start-up failure (no GPU it supports) is a one-line CatalogtuneError.
+    """
     try:
         import unsloth  # noqa: F401 - must come before FastLanguageModel for its patches
         from unsloth import FastLanguageModel
@@ -91,7 +95,7 @@ def load_unsloth(cfg: Any) -> tuple[Any, Any]:
         raise CatalogtuneError("DoRA is not supported by the unsloth backend: use --backend torch or --no-use-dora")
     from catalogtune import models
 
-    FastLanguageModel = _import_unsloth()
+    FastLanguageModel = import_unsloth()
     path = models.resolve(cfg.model)
     try:
         model, tok = FastLanguageModel.from_pretrained(
