@@ -36,3 +36,36 @@ def write_splits(out: Path, sample: Path, n: int) -> Path:
     for split in ("train", "val", "test"):
         pq.write_table(pa.Table.from_pylist(rows), out / f"{split}.parquet")
     return out
+
+
+TRAIN_WORDS = "red blue pink cotton steel kids girls gift set pack book novel music album toy game".split()
+
+
+def train_records(n: int, offset: int = 0) -> list[dict]:
+    """``n`` invented catalogue records with short, repetitive descriptions (the engine's tests)."""
+    out = []
+    for i in range(offset, offset + n):
+        a, b, c = TRAIN_WORDS[i % 16], TRAIN_WORDS[(i * 3) % 16], TRAIN_WORDS[(i * 7) % 16]
+        out.append({"id": str(i), "title": f"{a} {b} {c}", "content": f"a {a} {b} for {c} " * (1 + i % 3)})
+    return out
+
+
+def write_train_val(out: Path) -> Path:
+    """train.parquet (16 records) and val.parquet (4 other records) in ``out``."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.Table.from_pylist(train_records(16)), out / "train.parquet")
+    pq.write_table(pa.Table.from_pylist(train_records(4, offset=100)), out / "val.parquet")
+    return out
+
+
+def small_train_cfg(data_dir: Path, model_dir: Path, run_dir: Path, **kw):
+    """A TrainConfig for the tiny model: batch 4, 48 tokens, rank 4, 4 steps unless ``kw`` says otherwise."""
+    from catalogtune import config
+    from catalogtune.train import TrainConfig
+
+    base = dict(data=data_dir, out=run_dir, model=str(model_dir), batch_size=4, max_length=48, lr=1e-2, eval_every=2,
+                save_every=2, patience=0, max_steps=4, lora_r=4, lora_alpha=8, seed=0)
+    base.update(kw)
+    return config.build(TrainConfig, base)

@@ -9,48 +9,28 @@ from __future__ import annotations
 import importlib.util
 import json
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from catalogtune import config
-from catalogtune.train import TrainConfig, run
+from catalogtune.train import run
 from catalogtune.train_data import read_split
 from catalogtune.train_loop import Loop
+from helpers import small_train_cfg, write_train_val
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 needs_bnb = pytest.mark.skipif(importlib.util.find_spec("bitsandbytes") is None, reason="needs bitsandbytes")
 needs_unsloth = pytest.mark.skipif(importlib.util.find_spec("unsloth") is None, reason="needs unsloth")
 
-WORDS = "red blue pink cotton steel kids girls gift set pack book novel music album toy game".split()
-
-
-def _records(n: int, offset: int = 0) -> list[dict]:
-    out = []
-    for i in range(offset, offset + n):
-        a, b, c = WORDS[i % 16], WORDS[(i * 3) % 16], WORDS[(i * 7) % 16]
-        out.append({"id": str(i), "title": f"{a} {b} {c}", "content": f"a {a} {b} for {c} " * (1 + i % 3)})
-    return out
-
-
 @pytest.fixture(scope="module")
 def gpu_data(tmp_path_factory):
-    d = tmp_path_factory.mktemp("gpudata")
-    pq.write_table(pa.Table.from_pylist(_records(16)), d / "train.parquet")
-    pq.write_table(pa.Table.from_pylist(_records(4, offset=100)), d / "val.parquet")
-    return d
+    return write_train_val(tmp_path_factory.mktemp("gpudata"))
 
 
 @pytest.fixture
 def gpu_cfg(gpu_data, tiny_model_dir, tmp_path):
     def make(name="run", **kw):
-        base = dict(data=gpu_data, out=tmp_path / name, model=str(tiny_model_dir), batch_size=4,
-                    max_length=48, lr=1e-2, eval_every=2, save_every=2, patience=0, max_steps=4,
-                    lora_r=4, lora_alpha=8, seed=0, bf16="true")
-        base.update(kw)
-        return config.build(TrainConfig, base)
+        return small_train_cfg(gpu_data, tiny_model_dir, tmp_path / name, **{"bf16": "true", **kw})
     return make
 
 

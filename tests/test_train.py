@@ -17,34 +17,17 @@ from catalogtune.train import TrainConfig, run
 from catalogtune.train_data import read_split
 from catalogtune.train_loop import Loop
 from catalogtune.util import CatalogtuneError, read_json
-
-WORDS = "red blue pink cotton steel kids girls gift set pack book novel music album toy game".split()
-
-
-def _records(n: int, offset: int = 0) -> list[dict]:
-    out = []
-    for i in range(offset, offset + n):
-        a, b, c = WORDS[i % 16], WORDS[(i * 3) % 16], WORDS[(i * 7) % 16]
-        out.append({"id": str(i), "title": f"{a} {b} {c}", "content": f"a {a} {b} for {c} " * (1 + i % 3)})
-    return out
-
+from helpers import small_train_cfg, train_records, write_train_val
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("traindata")
-    pq.write_table(pa.Table.from_pylist(_records(16)), d / "train.parquet")
-    pq.write_table(pa.Table.from_pylist(_records(4, offset=100)), d / "val.parquet")
-    return d
+    return write_train_val(tmp_path_factory.mktemp("traindata"))
 
 
 @pytest.fixture
 def make_cfg(data_dir, tiny_model_dir, tmp_path):
     def make(name="run", **kw):
-        base = dict(data=data_dir, out=tmp_path / name, model=str(tiny_model_dir), batch_size=4,
-                    max_length=48, lr=1e-2, eval_every=2, save_every=2, patience=0, max_steps=4,
-                    lora_r=4, lora_alpha=8, seed=0)
-        base.update(kw)
-        return config.build(TrainConfig, base)
+        return small_train_cfg(data_dir, tiny_model_dir, tmp_path / name, **kw)
     return make
 
 
@@ -150,7 +133,7 @@ def test_bad_input_is_a_one_line_error(make_cfg, data_dir, tiny_model_dir, tmp_p
     with pytest.raises(CatalogtuneError, match="neither registered"):
         run(make_cfg(model="no-such-model"))
     (tmp_path / "noval").mkdir()
-    pq.write_table(pa.Table.from_pylist(_records(4)), tmp_path / "noval" / "train.parquet")
+    pq.write_table(pa.Table.from_pylist(train_records(4)), tmp_path / "noval" / "train.parquet")
     with pytest.raises(CatalogtuneError, match=r"val\.parquet"):
         run(make_cfg(data=tmp_path / "noval"))
     bad_yaml = tmp_path / "bad.yaml"
