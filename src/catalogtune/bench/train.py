@@ -196,6 +196,8 @@ def _sync() -> None:
 
 def _timed(stamps: list[tuple[float, float]], counts: list[tuple[int, int]], spec: dict) -> dict:
     """Figures of the steps after the warm-up: stamps are (wall, process CPU) after each step."""
+    import torch
+
     from catalogtune.util import peak_rss_mb
 
     w, n = spec["warmup_steps"], spec["steps"]
@@ -208,8 +210,6 @@ def _timed(stamps: list[tuple[float, float]], counts: list[tuple[int, int]], spe
     # shared cores; reported beside the wall-time figures, which stay the headline.
     out = {"wall_s": wall1 - wall0, "cpu_s": cpu1 - cpu0, "tokens": tokens, "useful_tokens": useful,
            "steps": n, "peak_rss_mb": peak_rss_mb()}
-    import torch
-
     if torch.cuda.is_available():
         out["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
     return out
@@ -330,12 +330,11 @@ def summarise(cfg: BenchTrainConfig, runs: dict[str, list[dict]], ceiling: tuple
     anc = best.get("anchor")
     out: dict[str, Any] = {"bench": "train", "model": cfg.model, "steps": cfg.steps, "batch_size": cfg.batch_size,
                            "max_length": cfg.max_length, "repeats": cfg.repeats,
-                           "anchor_gradient_checkpointing": cfg.anchor_gradient_checkpointing}
+                           "anchor_gradient_checkpointing": cfg.anchor_gradient_checkpointing, "backend": cfg.backend}
     out.update(_rates(ours))
     out["peak_rss_mb"] = round(ours["peak_rss_mb"], 1)
     if "peak_gpu_mb" in ours:
         out["peak_gpu_mb"] = round(ours["peak_gpu_mb"], 1)
-        out["backend"] = cfg.backend
     out["achieved_tflops"] = achieved(ours)
     out["ceiling_tflops"] = ceiling
     out["ceiling_fraction"] = out["achieved_tflops"] / ceiling
