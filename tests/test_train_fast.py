@@ -180,6 +180,56 @@ def test_linear_cross_entropy_matches_torch_and_survives_an_impossible_target():
     assert got == pytest.approx(exact, rel=1e-2) and exact > 150
 
 
+def test_packed_weights_give_the_plain_matmuls_and_refuse_what_they_cannot_pack():
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(96, 40, generator=g).bfloat16()
+    x = torch.randn(3, 7, 40, generator=g).bfloat16()
+    packed = train_fast.pack_weight(w)
+    if packed is None:
+        pytest.skip("this torch build has no oneDNN weight packing")
+    assert torch.equal(train_fast.packed_linear(x, packed), x @ w.T)
+    gy = torch.randn(21, 96, generator=g).bfloat16()
+    assert torch.equal(train_fast.packed_linear(gy, train_fast.pack_weight(w.t().contiguous())), gy @ w)
+    # only frozen bf16 CPU matrices: a float32 or trainable weight keeps the plain matmul
+    assert train_fast.pack_weight(w.float()) is None
+    assert train_fast.pack_weight(w.clone().requires_grad_()) is None
+
+
+def test_fused_groups_use_packed_weights_and_follow_a_fused_optimizer(tiny_model_dir):
+    from catalogtune.train_loop import make_optimizer
+
+    model, _ = _peft_tiny(tiny_model_dir)
+    train_fast.freeze_in_bf16(model)
+    train_fast.fuse_lora_groups(model)
+    groups = {id(m._ct_group): m._ct_group for m in model.modules() if hasattr(m, "_ct_group")}.values()
+    if train_fast.pack_weight(torch.zeros(4, 4, dtype=torch.bfloat16)) is not None:
+        assert all(g.packed is not None for g in groups)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = make_optimizer(params, 1e-2, 0.0, torch.device("cpu"))
+    assert opt.defaults["fused"] is True
+    opt.register_step_post_hook(train_fast.weights_updated)
+    ids = torch.randint(5, 500, (2, 12), generator=torch.Generator().manual_seed(3))
+    with torch.autocast(**BF16):
+        first = model(input_ids=ids, labels=ids).loss
+    first.backward()
+    opt.step()
+    opt.zero_grad()
+    with torch.autocast(**BF16):  # the groups' bf16 copies of A and B must be the updated ones
+        second = model(input_ids=ids, labels=ids).loss
+    assert second.item() < first.item() - 1e-3
+
+
+def test_linear_cross_entropy_input_gradient_with_a_frozen_bf16_output_layer():
+    g = torch.Generator().manual_seed(2)
+    h = torch.randn(300, 32, generator=g).bfloat16().requires_grad_()
+    w = torch.randn(500, 32, generator=g).bfloat16()  # frozen: its packed transpose is used
+    tgt = torch.randint(0, 500, (300,), generator=g)
+    linear_cross_entropy(h, w, tgt).backward()
+    hf = h.detach().float().requires_grad_()
+    F.cross_entropy(hf @ w.float().T, tgt, reduction="sum").backward()
+    assert ((h.grad.float() - hf.grad).norm() / hf.grad.norm()).item() < 0.02
+
+
 def _splits(folder, rows: list[dict], n_train: int) -> None:
     """train.parquet and val.parquet of invented records in ``folder``."""
     import pyarrow as pa

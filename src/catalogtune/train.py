@@ -18,10 +18,14 @@ from typing import Any
 from catalogtune import config
 from catalogtune.util import CatalogtuneError, read_json
 
-# OpenMP threads that spin while waiting burn the other cores' time: on a shared CPU, 2 spinning
-# threads measured 10x the CPU time of passive ones for the same step. libgomp reads this when
-# torch loads, so it is set here, before any torch import of the `train` command.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# OpenMP threads wait for the next parallel region by spinning a bounded time, then sleep.
+# A training step is thousands of short parallel ops a few microseconds apart: threads that
+# sleep at once (OMP_WAIT_POLICY=PASSIVE) pay a wake-up on each, 15 % of a SmolLM2 step on 2
+# cores; spinning without bound (ACTIVE) burns the cores other jobs share. libgomp reads this
+# when torch loads, so it is set here, before any torch import of the `train` command; a
+# user's own OMP_WAIT_POLICY or GOMP_SPINCOUNT wins.
+if "OMP_WAIT_POLICY" not in os.environ:
+    os.environ.setdefault("GOMP_SPINCOUNT", "20000")
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 DEFAULT_PRESET = CONFIGS / "cpu-smollm2.yaml"

@@ -11,6 +11,10 @@ Measured on 2 cores with SmolLM2-135M, batch 8 of ~165 tokens (see `catalogtune 
 - ``fuse_lora_groups``: q/k/v and gate/up LoRA layers computed as one stacked matmul each, in
   one autograd node with a hand-written backward (fewer, larger matmuls; no casts).
 - ``fast_rms_norms``: RMS norms with a frozen weight as one autograd node (half the time).
+- ``pack_weight``: frozen bf16 weights of those groups (and the output layer, in the chunked
+  cross-entropy) kept a second time in oneDNN's blocked layout, once for ``x W^T`` and once for
+  ``g W``: the plain-layout matmul re-packs the weight on every call, the packed one runs
+  7-9 % faster on the decoder's shapes and 24 % faster on SmolLM2's output-layer gradient.
 
 Attention has its own module, `catalogtune.train_attention`.
 """
@@ -185,6 +189,29 @@ def fast_rms_norms(model: nn.Module) -> int:
     return n
 
 
+# ----------------------------------------------------------------------------- packed weights
+
+
+def pack_weight(w: torch.Tensor) -> torch.Tensor | None:
+    """``w`` (out, in) in oneDNN's blocked layout for `packed_linear`, or None where that is not possible.
+
+    Only frozen, plain bf16 CPU tensors (not tensor subclasses such as sharded parameters).
+    The packed copy does not follow later changes to ``w``: use it for frozen weights only.
+    """
+    if (type(w) is not torch.Tensor or w.device.type != "cpu" or w.dtype != torch.bfloat16 or w.dim() != 2
+            or w.requires_grad or not torch.backends.mkldnn.is_available()):
+        return None
+    try:
+        return torch.ops.mkldnn._reorder_linear_weight(w.contiguous(), None)
+    except (RuntimeError, AttributeError):  # a build without these (inductor's) oneDNN ops
+        return None
+
+
+def packed_linear(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``x @ W.T (+ bias)`` for ``packed = pack_weight(W)``; ``x`` is (..., in) bf16."""
+    return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
+
+
 # ----------------------------------------------------------------------------- fused LoRA groups
 
 GROUPS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
@@ -197,11 +224,12 @@ class _FusedLoraFn(torch.autograd.Function):
     One autograd node instead of PEFT's per-layer chain (base matmul, cast, A, B, scale, add),
     with the backward written out: ``dx = g W + (g B) A``, ``dA = (g B)^T x``, ``dB = g^T (x A^T)``.
     Matmuls run in bf16; the LoRA gradients come back in the parameters' float32. Only ``x``
-    and the (tokens x rank) product ``x A^T`` are kept for the backward pass.
+    and the (tokens x rank) product ``x A^T`` are kept for the backward pass. ``packed`` is
+    None or (`pack_weight` of ``W``, of ``W^T``) for the two base matmuls.
     """
 
     @staticmethod
-    def forward(ctx, x, weight, bias, a, b, scales, outs, *ab):  # type: ignore[override]
+    def forward(ctx, x, weight, bias, packed, a, b, scales, outs, *ab):  # type: ignore[override]
         # a: the members' A stacked, (n*r, in); b: their B (times scale) block-diagonal,
         # (sum outs, n*r), both bf16 copies of the parameters ``ab`` (made once per optimizer
         # step by `_Group`); the zero blocks of b cost (n-1)/n of a rank-r product, nothing
@@ -209,9 +237,13 @@ class _FusedLoraFn(torch.autograd.Function):
         n = len(outs)
         xb = x.reshape(-1, x.shape[-1]).to(torch.bfloat16)
         xa = xb @ a.T  # (N, n*r)
-        y = torch.addmm(bias, xb, weight.T) if bias is not None else xb @ weight.T
+        if packed is not None:
+            y = packed_linear(xb, packed[0], bias)
+        else:
+            y = torch.addmm(bias, xb, weight.T) if bias is not None else xb @ weight.T
         y.addmm_(xa, b.T)
         ctx.save_for_backward(xb, xa, weight, a, b)
+        ctx.packed = packed
         ctx.meta = (scales, outs, [p.shape[0] for p in ab[:n]], x.shape, x.dtype, ab[0].dtype)
         return y.view(*x.shape[:-1], y.shape[-1])
 
@@ -223,14 +255,24 @@ class _FusedLoraFn(torch.autograd.Function):
         gb = g @ b  # (N, n*r): s * g_i B_i per member (B already holds the scale)
         dx = None
         if ctx.needs_input_grad[0]:
-            dx = (g @ weight).addmm_(gb, a).view(x_shape).to(x_dtype)
+            dx = g @ weight if ctx.packed is None else packed_linear(g, ctx.packed[1])
+            dx = dx.addmm_(gb, a).view(x_shape).to(x_dtype)
         grads_a = list((gb.T @ xb).to(p_dtype).split(ranks))
         full_b = (g.T @ xa).to(p_dtype)  # (sum outs, n*r); member i's gradient is block (i, i)
         grads_b, col, row = [], 0, 0
         for s, o, r in zip(scales, outs, ranks):
             grads_b.append(full_b[col:col + o, row:row + r].mul(s))
             col, row = col + o, row + r
-        return (dx, None, None, None, None, None, None, *grads_a, *grads_b)
+        return (dx, None, None, None, None, None, None, None, *grads_a, *grads_b)
+
+
+_UPDATES = [0]
+"""Optimizer steps so far in this process (see `weights_updated`)."""
+
+
+def weights_updated(*_: Any) -> None:
+    """Record that the optimizer changed the LoRA weights (usable as an optimizer step hook)."""
+    _UPDATES[0] += 1
 
 
 class _Group:
@@ -251,17 +293,22 @@ class _Group:
             for b, m in zip(biases, members)])
         self.pending: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self._lora: tuple[tuple, torch.Tensor, torch.Tensor] | None = None
+        fwd = pack_weight(self.weight)
+        bwd = pack_weight(self.weight.t().contiguous()) if fwd is not None else None
+        self.packed = (fwd, bwd) if bwd is not None else None
 
     def lora(self, name: str) -> tuple[torch.Tensor, torch.Tensor, list, tuple]:
         """(stacked bf16 A, block-diagonal bf16 scaled B, the parameters, the scales) for ``name``.
 
-        The bf16 copies are remade only when a parameter changed (its version counter moves
-        on every in-place optimizer update): once per step, not once per layer call.
+        The bf16 copies are remade only when a parameter changed: its version counter moves on
+        in-place updates, and `weights_updated` counts the optimizer steps (torch's fused
+        AdamW updates in place without moving version counters). Once per step, not per call.
         """
         a_params = [m.lora_A[name].weight for m in self.members]
         b_params = [m.lora_B[name].weight for m in self.members]
         scales = tuple(m.scaling[name] for m in self.members)
-        key = (name, scales, *(p._version for p in a_params + b_params), *(id(p) for p in a_params + b_params))
+        key = (name, scales, _UPDATES[0], *(p._version for p in a_params + b_params),
+               *(id(p) for p in a_params + b_params))
         if self._lora is None or self._lora[0] != key:
             with torch.no_grad():
                 dt = torch.bfloat16
@@ -273,7 +320,8 @@ class _Group:
     def fused(self, name: str, x: torch.Tensor) -> torch.Tensor:
         """The whole group's output for ``x``, (..., sum of outs)."""
         a, b, params, scales = self.lora(name)
-        return _FusedLoraFn.apply(x, self.weight, self.bias, a, b, scales, self.outs, *params)
+        packed = self.packed if x.device.type == "cpu" else None
+        return _FusedLoraFn.apply(x, self.weight, self.bias, packed, a, b, scales, self.outs, *params)
 
     def run(self, member: nn.Module, x: torch.Tensor) -> torch.Tensor:
         """This member's output for ``x``: computed with the whole group, or picked up."""

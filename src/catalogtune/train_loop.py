@@ -28,6 +28,20 @@ from catalogtune.train_model import LossModel, load_for_training, load_trainable
 from catalogtune.util import CatalogtuneError, atomic_dir, atomic_write_json, peak_rss_mb
 
 
+def make_optimizer(params: list, lr: float, weight_decay: float, device: torch.device,
+                   sharded: bool = False) -> torch.optim.Optimizer:
+    """AdamW; on CPUs its fused kernel where every parameter is a plain float tensor.
+
+    torch's default on CPUs is a Python loop of small ops per parameter (a LoRA model has
+    hundreds): about 20 ms per step for SmolLM2, against a few for the fused kernel. The
+    state (``exp_avg``, ``exp_avg_sq``, ``step``) is the same, so checkpoints load either way.
+    GPUs keep torch's default (already multi-tensor there), and so do sharded runs (FSDP).
+    """
+    fused = (device.type == "cpu" and not sharded and bool(params)
+             and all(type(p) is torch.nn.Parameter and p.dtype in (torch.float32, torch.bfloat16) for p in params))
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=True if fused else None)
+
+
 def lr_at(step: int, total: int, lr: float, warmup_ratio: float) -> float:
     """Linear warmup, then cosine decay to a tenth of ``lr`` at the last step."""
     warm = math.ceil(warmup_ratio * total)
@@ -92,7 +106,11 @@ class Loop:
         self.total = cfg.max_steps or max(1, math.ceil(cfg.epochs * self.sched.steps_per_epoch))
         self.pad_id = self.tok.pad_token_id if self.tok.pad_token_id is not None else 0
         params = [p for p in self.model.parameters() if p.requires_grad]
-        self.opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.opt = make_optimizer(params, cfg.lr, cfg.weight_decay, acc.device,
+                                  sharded=acc.distributed_type.name in ("FSDP", "DEEPSPEED", "MEGATRON_LM"))
+        from catalogtune.train_fast import weights_updated
+
+        self.opt.register_step_post_hook(weights_updated)  # the fused LoRA groups' bf16 copies
         self.state, self.best, self.resumed_from = LoopState(), None, None
         self._restore_or_clean()
         self.wall_before = self.state.wall_s

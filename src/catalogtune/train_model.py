@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from catalogtune.train_fast import packed_linear
 from catalogtune.util import CatalogtuneError, require
 
 CHUNK_ELEMENTS = 1 << 24
@@ -46,10 +47,26 @@ def _logits_buffer(rows: int, vocab: int, dtype: torch.dtype, device: torch.devi
     key = (device, dtype, vocab)
     buf = _WORKSPACE.get("buf")
     if buf is None or _WORKSPACE.get("key") != key or buf.shape[0] < rows:
-        _WORKSPACE.clear()  # drop the old buffer before making the new one
+        _WORKSPACE.pop("buf", None)  # drop the old buffer before making the new one
         buf = torch.empty(rows, vocab, dtype=dtype, device=device)
         _WORKSPACE.update(key=key, buf=buf)
     return buf[:rows]
+
+
+def _packed_transpose(w: torch.Tensor) -> torch.Tensor | None:
+    """``w^T`` packed for oneDNN (`train_fast.pack_weight`), made once per frozen weight (CPU only).
+
+    The output layer's input gradient ``g @ W`` (K = vocabulary) runs 1.2x faster packed.
+    """
+    if w.device.type != "cpu" or w.requires_grad or w.dtype != torch.bfloat16:
+        return None
+    key = (id(w), w.data_ptr(), w._version, tuple(w.shape))
+    hit = _WORKSPACE.get("wt")
+    if hit is None or hit[0] != key:
+        from catalogtune.train_fast import pack_weight
+
+        _WORKSPACE["wt"] = hit = (key, pack_weight(w.t().contiguous()))
+    return hit[1]
 
 
 def _chunk(hc: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, tgt: torch.Tensor,
@@ -120,6 +137,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         with torch.autocast(h.device.type, enabled=False):
             w = weight.to(dtype)
             b = bias.to(dtype) if bias is not None else None
+            wt = _packed_transpose(w) if need_h and not need_w and w is weight else None
             for s in range(0, h.shape[0], chunk):
                 hc = h[s:s + chunk].to(dtype)
                 tgt = targets[s:s + chunk]
@@ -130,7 +148,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 total += loss
                 if g is not None:
                     if need_h:
-                        grad_h[s:s + chunk] = (g @ w).to(h.dtype)
+                        gh = g @ w if wt is None else packed_linear(g, wt)
+                        grad_h[s:s + chunk] = gh.to(h.dtype)
                     if need_w:
                         grad_w += (g.T @ hc).float()
         ctx.save_for_backward(grad_h, grad_w)
