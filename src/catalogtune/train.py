@@ -71,6 +71,8 @@ class TrainConfig:
     """QLoRA: load the base model in 4-bit NF4 (CUDA and bitsandbytes only)."""
     gradient_checkpointing: bool = False
     """Recompute activations in backward: less memory, about 30% slower (off on CPU)."""
+    memory_probe: bool = True
+    """Run the longest micro-batch once (forward + backward, nothing updated) before the first step: a batch too big for memory fails in seconds."""
     max_length: int = 256
     """Tokens per example (prompt + description); longer descriptions are cut."""
     max_samples: int | None = None
