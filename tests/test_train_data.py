@@ -62,6 +62,12 @@ def test_plan_is_deterministic_complete_and_length_grouped():
     padded = sum(len(b) * max(len(examples[i][0]) for i in b) for b in a)
     real = sum(len(e[0]) for e in examples)
     assert padded < 1.1 * real  # random batches would pad ~60% here
+    # every size: each example once, whole batches but the last, as many as the schedule counts
+    for n in (5, 300, 315, 1000, 2049, 5000):
+        plan = plan_epoch([([0] * (1 + i % 13), 1) for i in range(n)], 8, seed=0, epoch=0)
+        assert sorted(i for b in plan for i in b) == list(range(n))
+        assert len(plan) == make_schedule(n, 8, 1, 0).n_batches
+        assert sum(len(b) < 8 for b in plan) == (1 if n % 8 else 0)
 
 
 def test_schedule_shards_ranks_disjointly():
