@@ -94,14 +94,18 @@ class _CausalAttention(torch.autograd.Function):
 _BIAS: dict[tuple, torch.Tensor] = {}
 
 
-def _causal_bias(g: int, t: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """Additive causal mask (0 / -inf) of shape (g*t, t), the same for each of g stacked query groups."""
-    key = (g, t, dtype, str(device))
+def _causal_bias(g: int, t: int, dtype: torch.dtype, device: torch.device, keys: int | None = None) -> torch.Tensor:
+    """Additive causal mask (0 / -inf) of shape (g*t, keys), the same for each of g stacked query groups.
+
+    ``keys`` >= t: key columns past t (padding) are masked like future positions.
+    """
+    keys = t if keys is None else keys
+    key = (g, t, keys, dtype, str(device))
     bias = _BIAS.get(key)
     if bias is None:
         if len(_BIAS) > 64:  # one per sequence length seen; keep the cache small
             _BIAS.clear()
-        tri = torch.full((t, t), float("-inf"), device=device).triu_(1).to(dtype)
+        tri = torch.full((t, keys), float("-inf"), device=device).triu_(1).to(dtype)
         bias = _BIAS[key] = tri.repeat(g, 1)
     return bias
 
@@ -125,25 +129,37 @@ def use_cpu_attention(model: nn.Module) -> bool:
     return True
 
 
+KEY_BLOCK = 32
+"""`_RopeAttention` pads the keys of a sequence to a multiple of this (zeros, masked): the bf16
+softmax runs 2x faster over rows whose length is a multiple of the vector width (158 keys:
+1.3 ms, 160: 0.6 ms for SmolLM2's 24 x 474 rows), +1.3 % tokens/s in training."""
+
+
 class _RopeAttention(torch.autograd.Function):
     """Rotary embedding + causal attention from the fused q/k/v output, (B, T, (H+2K)D) -> (B, T, HD).
 
     One autograd node for what the stock attention module does in about 30 ops: the rotation
-    is written straight into the attention layout (rotate-half as two ``addcmul_``), and the
-    backward (attention, then the rotation's transpose) is written out in bf16.
+    is written straight into the attention layout (rotate-half as two ``addcmul_``), keys and
+    values are padded to `KEY_BLOCK`, and the backward (attention, then the rotation's
+    transpose) is written out in bf16.
     """
 
     @staticmethod
     def forward(ctx, qkv, cos, sin, heads, kv_heads, scale):  # type: ignore[override]
         b, t, _ = qkv.shape
         g, d = heads // kv_heads, cos.shape[-1]
+        s = -(-t // KEY_BLOCK) * KEY_BLOCK
         qd, kd = heads * d, kv_heads * d
         cq, sq = cos.reshape(-1, 1, 1, t, d), sin.reshape(-1, 1, 1, t, d)
         q = _rope(qkv[..., :qd].view(b, t, kv_heads, g, d).permute(0, 2, 3, 1, 4), cq, sq)
-        k = _rope(qkv[..., qd:qd + kd].view(b, t, kv_heads, 1, d).permute(0, 2, 3, 1, 4), cq, sq)
-        v = qkv[..., qd + kd:].view(b, t, kv_heads, d).transpose(1, 2).reshape(b * kv_heads, t, d)
-        q, k = q.view(b * kv_heads, g * t, d), k.view(b * kv_heads, t, d)
-        probs = torch.softmax(torch.baddbmm(_causal_bias(g, t, q.dtype, q.device), q, k.transpose(1, 2), alpha=scale),
+        k = qkv.new_empty(b, kv_heads, 1, s, d)
+        v = qkv.new_empty(b, kv_heads, s, d)
+        k[:, :, :, t:].zero_()
+        v[:, :, t:].zero_()
+        _rope(qkv[..., qd:qd + kd].view(b, t, kv_heads, 1, d).permute(0, 2, 3, 1, 4), cq, sq, out=k[:, :, :, :t])
+        v[:, :, :t].copy_(qkv[..., qd + kd:].view(b, t, kv_heads, d).transpose(1, 2))
+        q, k, v = q.view(b * kv_heads, g * t, d), k.view(b * kv_heads, s, d), v.view(b * kv_heads, s, d)
+        probs = torch.softmax(torch.baddbmm(_causal_bias(g, t, q.dtype, q.device, s), q, k.transpose(1, 2), alpha=scale),
                               dim=-1)  # bf16 out, float32 inside (see _CausalAttention)
         out = torch.bmm(probs, v)  # (b*kv, g*t, d)
         ctx.save_for_backward(q, k, v, probs, cos, sin)
@@ -152,28 +168,28 @@ class _RopeAttention(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):  # type: ignore[override]
-        q, k, v, probs, cos, sin = ctx.saved_tensors
+        q, k, v, probs, cos, sin = ctx.saved_tensors  # k, v: (b*kv, s, d), padded
         b, t, heads, kv_heads, d, scale, dtype = ctx.dims
         g = heads // kv_heads
-        go = grad.to(v.dtype).view(b, t, kv_heads, g, d).permute(0, 2, 3, 1, 4).reshape(b * kv_heads, g * t, d)
+        go = grad.to(v.dtype).reshape(b, t, kv_heads, g, d).permute(0, 2, 3, 1, 4).reshape(b * kv_heads, g * t, d)
         d_scores = torch._softmax_backward_data(torch.bmm(go, v.transpose(1, 2)), probs, -1, probs.dtype)
         d_scores.mul_(scale)
         dq = torch.bmm(d_scores, k).view(b, kv_heads, g, t, d)
-        dk = torch.bmm(d_scores.transpose(1, 2), q).view(b, kv_heads, 1, t, d)
-        dv = torch.bmm(probs.transpose(1, 2), go)  # (b*kv, t, d)
+        dk = torch.bmm(d_scores.transpose(1, 2), q).view(b, kv_heads, 1, -1, d)[:, :, :, :t]
+        dv = torch.bmm(probs.transpose(1, 2), go).view(b, kv_heads, -1, d)[:, :, :t]
         cq, sq = cos.reshape(-1, 1, 1, t, d), sin.reshape(-1, 1, 1, t, d)
         dqkv = torch.empty(b, t, (heads + 2 * kv_heads) * d, dtype=dtype, device=grad.device)
         qd, kd = heads * d, kv_heads * d
         dqkv[..., :qd].view(b, t, kv_heads, g, d).permute(0, 2, 3, 1, 4).copy_(_rope_t(dq, cq, sq))
         dqkv[..., qd:qd + kd].view(b, t, kv_heads, 1, d).permute(0, 2, 3, 1, 4).copy_(_rope_t(dk, cq, sq))
-        dqkv[..., qd + kd:].view(b, t, kv_heads, d).transpose(1, 2).copy_(dv.view(b, kv_heads, t, d))
+        dqkv[..., qd + kd:].view(b, t, kv_heads, d).transpose(1, 2).copy_(dv)
         return dqkv, None, None, None, None, None
 
 
-def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """``x * cos + rotate_half(x) * sin`` into a new contiguous tensor (x may be a strided view)."""
+def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """``x * cos + rotate_half(x) * sin`` into ``out`` or a new contiguous tensor (x may be a strided view)."""
     h = x.shape[-1] // 2
-    out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    out = torch.empty(x.shape, dtype=x.dtype, device=x.device) if out is None else out
     torch.mul(x, cos, out=out)
     out[..., :h].addcmul_(x[..., h:], sin[..., :h], value=-1.0)
     out[..., h:].addcmul_(x[..., :h], sin[..., h:])
