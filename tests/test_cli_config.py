@@ -21,7 +21,7 @@ class Demo:
     targets: list[str] = dataclasses.field(default_factory=lambda: ["q", "v"])
     """Modules."""
     fast: bool = False
-    """Go fast."""
+    """Go fast: about 30% faster."""
 
     def __post_init__(self):
         if self.steps <= 0:
@@ -54,6 +54,13 @@ def test_save_roundtrip(tmp_path):
     cfg = config.build(Demo, steps=7, targets="x,y")
     config.save(cfg, tmp_path / "c.yaml")
     assert config.build(Demo, tmp_path / "c.yaml") == cfg
+
+
+def test_help_prints_a_percent_sign_in_a_field_doc(capsys):
+    with pytest.raises(SystemExit):
+        config.parse(Demo, ["--help"], "demo", "a demo")
+    out = capsys.readouterr().out
+    assert "about 30% faster" in out and "option_strings" not in out
 
 
 def test_cli_help_lists_commands_without_heavy_imports():

@@ -165,7 +165,8 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, .
         default = f.default if f.default is not dataclasses.MISSING else (
             f.default_factory() if f.default_factory is not dataclasses.MISSING else None  # type: ignore[misc]
         )
-        help_ = f"{docs.get(f.name, '')} (default: {default})"
+        # argparse %-formats help text: a literal "30%" in a field's doc must reach it as "30%%"
+        help_ = f"{docs.get(f.name, '')} (default: {default})".replace("%", "%%")
         inner, _ = _base_type(hints[f.name])
         if inner is bool:
             parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_)
