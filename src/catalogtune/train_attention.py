@@ -1,12 +1,13 @@
 """CPU attention for LoRA training on short sequences (part of `train_fast`'s speed-ups).
 
 - ``cpu_attention``: causal attention as two bf16 matmuls with a softmax that reads and
-  writes bf16 (computing in float32 inside) and a hand-written backward. For the short sequences of catalogue records (a few hundred tokens)
-  forward + backward run 4.7x faster than ``scaled_dot_product_attention``'s CPU flash kernel
-  in bf16, which works in small blocks. Grouped-query heads are folded into the query rows
-  (``(B, kv, groups*T, D)``), so keys and values are never copied per query head. Registered
-  with transformers' attention interface as ``catalogtune_cpu``; anything it does not cover
-  (dropout, softcap, decoding, float32, GPUs) goes to the stock ``sdpa`` function.
+  writes bf16 (computing in float32 inside) and a hand-written backward. For the short
+  sequences of catalogue records (a few hundred tokens) forward + backward run 4.7x faster
+  than ``scaled_dot_product_attention``'s CPU flash kernel in bf16, which works in small
+  blocks. Grouped-query heads are folded into the query rows (``(B, kv, groups*T, D)``), so
+  keys and values are never copied per query head. Registered with transformers' attention
+  interface as ``catalogtune_cpu``; anything it does not cover (dropout, softcap, decoding,
+  float32, GPUs) goes to the stock ``sdpa`` function.
 - ``fast_llama_attention``: in Llama attention, rotary embedding + attention as one autograd
   node fed by the fused q/k/v output of `train_fast.fuse_lora_groups` (about 6 % of a
   SmolLM2 step).

@@ -24,6 +24,7 @@ import torch
 from catalogtune import config
 from catalogtune.train_ckpt import LoopState, MetricsLog, TensorBoard, checkpoints, load_checkpoint, save_checkpoint
 from catalogtune.train_data import Example, collate, eval_batches, make_schedule, tokenize
+from catalogtune.train_fast import keep_freed_memory, weights_updated
 from catalogtune.train_model import LossModel, load_for_training, load_trainable, trainable_state
 from catalogtune.util import CatalogtuneError, atomic_dir, atomic_write_json, peak_rss_mb
 
@@ -89,8 +90,6 @@ class Loop:
         if acc.device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
             torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // max(1, acc.num_processes)))
         if acc.device.type == "cpu" and cfg.fast_kernels:
-            from catalogtune.train_fast import keep_freed_memory
-
             keep_freed_memory()
         self.bf16 = cfg.bf16 == "true" or (cfg.bf16 == "auto" and bf16_supported())
         torch.manual_seed(cfg.seed)  # LoRA initialisation
@@ -112,8 +111,6 @@ class Loop:
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.sharded = acc.distributed_type.name in ("FSDP", "DEEPSPEED", "MEGATRON_LM")
         self.opt = make_optimizer(params, cfg.lr, cfg.weight_decay, acc.device, sharded=self.sharded)
-        from catalogtune.train_fast import weights_updated
-
         self.opt.register_step_post_hook(weights_updated)  # the fused LoRA groups' bf16 copies
         self.state, self.best, self.resumed_from = LoopState(), None, None
         self._restore_or_clean()

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from catalogtune.train_fast import packed_linear
+from catalogtune.train_fast import pack_weight, packed_linear
 from catalogtune.util import CatalogtuneError, require
 
 CHUNK_ELEMENTS = 1 << 24
@@ -63,8 +63,6 @@ def _packed_transpose(w: torch.Tensor) -> torch.Tensor | None:
     key = (id(w), w.data_ptr(), w._version, tuple(w.shape))
     hit = _WORKSPACE.get("wt")
     if hit is None or hit[0] != key:
-        from catalogtune.train_fast import pack_weight
-
         _WORKSPACE["wt"] = hit = (key, pack_weight(w.t().contiguous()))
     return hit[1]
 
