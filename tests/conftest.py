@@ -56,7 +56,7 @@ def trn_head_path() -> Path:
 @pytest.fixture(scope="session")
 def tiny_model_dir(_isolated_home) -> Path:
     """A 2-layer random Llama with a locally trained tokenizer."""
-    from catalogtune import models
+    from catalogtune.core import models
 
     return models.resolve("tiny-random")
 

@@ -14,7 +14,7 @@ def make_run(run_dir: Path, model_dir: Path, nonzero: bool = True, lora_alpha: i
     import torch
     from peft import LoraConfig, get_peft_model
 
-    from catalogtune import models
+    from catalogtune.core import models
 
     model, _ = models.load(model_dir)
     torch.manual_seed(1)
@@ -62,8 +62,8 @@ def write_train_val(out: Path) -> Path:
 
 def small_train_cfg(data_dir: Path, model_dir: Path, run_dir: Path, **kw):
     """A TrainConfig for the tiny model: batch 4, 48 tokens, rank 4, 4 steps unless ``kw`` says otherwise."""
-    from catalogtune import config
-    from catalogtune.train import TrainConfig
+    from catalogtune.core import config
+    from catalogtune.train.stage import TrainConfig
 
     base = dict(data=data_dir, out=run_dir, model=str(model_dir), batch_size=4, max_length=48, lr=1e-2, eval_every=2,
                 save_every=2, patience=0, max_steps=4, lora_r=4, lora_alpha=8, seed=0)

@@ -6,8 +6,10 @@ import sys
 
 import pytest
 
-from catalogtune import cli, config
-from catalogtune.util import CatalogtuneError, atomic_dir, atomic_write_json, read_json
+from catalogtune import cli
+
+from catalogtune.core import config
+from catalogtune.core.util import CatalogtuneError, atomic_dir, atomic_write_json, read_json
 
 
 @dataclasses.dataclass

@@ -10,16 +10,16 @@ from __future__ import annotations
 import importlib
 import sys
 
-from catalogtune.util import CatalogtuneError
+from catalogtune.core.util import CatalogtuneError
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "prepare": ("catalogtune.data.prepare", "clean, deduplicate and split raw catalogue records"),
-    "analyze": ("catalogtune.analyze", "exploratory analysis: stats, plots, word clouds, report.html"),
-    "models": ("catalogtune.models", "list registered base models or convert one to the cache"),
-    "train": ("catalogtune.train", "LoRA fine-tuning with checkpoints, resume and early stopping"),
-    "index": ("catalogtune.rag", "build the ChromaDB reference index of the training split"),
-    "ask": ("catalogtune.ask", "generate a description for a title, with its references"),
-    "evaluate": ("catalogtune.evaluate", "before/after and fine-tuning vs RAG evaluation"),
+    "analyze": ("catalogtune.analyze.stage", "exploratory analysis: stats, plots, word clouds, report.html"),
+    "models": ("catalogtune.core.models", "list registered base models or convert one to the cache"),
+    "train": ("catalogtune.train.stage", "LoRA fine-tuning with checkpoints, resume and early stopping"),
+    "index": ("catalogtune.rag.index", "build the ChromaDB reference index of the training split"),
+    "ask": ("catalogtune.infer.ask", "generate a description for a title, with its references"),
+    "evaluate": ("catalogtune.evaluate.stage", "before/after and fine-tuning vs RAG evaluation"),
     "demo": ("catalogtune.demo", "run the whole pipeline on real data and summarise it"),
     "app": ("catalogtune.app", "start the Streamlit app (127.0.0.1 by default)"),
     "bench": ("catalogtune.bench", "benchmarks: prepare, train, generate, retrieve"),

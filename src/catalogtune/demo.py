@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from catalogtune import config
-from catalogtune.util import CatalogtuneError, atomic_write_json, atomic_write_text, read_json, shared_sample
+from catalogtune.core import config
+from catalogtune.core.util import CatalogtuneError, atomic_write_json, atomic_write_text, read_json, shared_sample
 
 STAMP = ".stage.json"
 """Suffix of each stage's stamp file inside its folder (``.NAME.stage.json``)."""
@@ -105,7 +105,10 @@ def _default_data(data: Path | None) -> Path:
 
 def run(cfg: DemoConfig) -> DemoResult:
     """Run every stage (or skip it when up to date) and write the summary."""
-    from catalogtune import analyze, evaluate, rag, train
+    from catalogtune.analyze import stage as analyze
+    from catalogtune.evaluate import stage as evaluate
+    from catalogtune.rag import index as rag
+    from catalogtune.train import stage as train
     from catalogtune.data import prepare
 
     data = _default_data(cfg.data)
@@ -178,7 +181,7 @@ def _ppl_change(report: dict[str, Any]) -> float | None:
 
 def write_summary(res: DemoResult, cfg: DemoConfig, data: Path) -> None:
     """Write ``summary.md`` and ``summary.html`` that link every stage's report."""
-    from catalogtune import htmlreport
+    from catalogtune.core import htmlreport
 
     out = res.out
     train_summary = read_json(out / "run" / "summary.json") if (out / "run" / "summary.json").is_file() else {}

@@ -10,9 +10,9 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from catalogtune import config
+from catalogtune.core import config
 from catalogtune.app.jobs import Workspace
-from catalogtune.util import CatalogtuneError
+from catalogtune.core.util import CatalogtuneError
 
 SCRIPT = Path(__file__).with_name("Home.py")
 """The entry script ``streamlit run`` executes."""
@@ -49,7 +49,7 @@ def command(cfg: AppConfig) -> list[str]:
 
 def run(cfg: AppConfig) -> int:
     """Serve the app until interrupted; returns streamlit's exit status."""
-    from catalogtune.util import require
+    from catalogtune.core.util import require
 
     require("streamlit", extra="app")
     ws = Workspace(cfg.workspace).root

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from catalogtune.app.jobs import Workspace
-from catalogtune.util import CatalogtuneError, read_json
+from catalogtune.core.util import CatalogtuneError, read_json
 
 TOKEN_KEY = "hf_token"
 """Session-state key of the token field (memory only: never written, logged or put in argv)."""
@@ -90,7 +90,7 @@ def show_images(folder: Path, columns: int = 2) -> int:
 
 def check_text(text: str | None, what: str = "title") -> str:
     """A title or question typed by the user, stripped; empty or huge text is a one-line error."""
-    from catalogtune.prompt import MAX_TITLE_CHARS, clean_title
+    from catalogtune.core.prompt import MAX_TITLE_CHARS, clean_title
 
     text = text or ""
     if len(text) > MAX_INPUT_CHARS:

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from catalogtune.util import CatalogtuneError, atomic_write_json, read_json
+from catalogtune.core.util import CatalogtuneError, atomic_write_json, read_json
 
 DEFAULT_WORKSPACE = "demo-out"
 """Where the demo writes; ``--workspace`` or ``CATALOGTUNE_WORKSPACE`` override it."""

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from catalogtune.app import common, jobs
-from catalogtune.util import CatalogtuneError
+from catalogtune.core.util import CatalogtuneError
 
 RESULT_KEY = "cmp_result"
 _GENERATE_LOCK = threading.Lock()
@@ -34,14 +34,14 @@ def _loaders() -> dict[str, Any]:
         @st.cache_resource(show_spinner="Loading the model (once per run)...", max_entries=2)
         def generator(run_dir: str, stamp: float, _tok: str | None) -> Any:
             # _tok is left out of the cache key (leading underscore): it only unlocks hub models.
-            from catalogtune.generate import Generator
+            from catalogtune.infer.generate import Generator
 
             with common.token_env(_tok):
                 return Generator.from_run(Path(run_dir))
 
         @st.cache_resource(show_spinner="Opening the index...", max_entries=2)
         def index(index_dir: str, stamp: float) -> Any:
-            from catalogtune.rag import Index
+            from catalogtune.rag.index import Index
 
             return Index.open(Path(index_dir))
 

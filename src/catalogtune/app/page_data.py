@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from catalogtune.app import common
-from catalogtune.util import CatalogtuneError
+from catalogtune.core.util import CatalogtuneError
 
 SPLITS = ("train", "val", "test")
 PREVIEW_ROWS = 200

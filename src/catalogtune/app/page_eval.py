@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from catalogtune.app import common, jobs
-from catalogtune.util import CatalogtuneError
+from catalogtune.core.util import CatalogtuneError
 
 METRICS = ("perplexity", "rouge_l", "chrf", "cosine", "unsupported_rate", "n")
 """Columns shown first, in this order; other numeric fields follow."""

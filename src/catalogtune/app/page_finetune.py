@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from catalogtune.app import common, jobs
-from catalogtune.util import CatalogtuneError
+from catalogtune.core.util import CatalogtuneError
 
 # Fallbacks for when the train stage is not importable; its TrainConfig defaults win otherwise.
 FALLBACK_DEFAULTS: dict[str, Any] = {
@@ -30,7 +30,7 @@ def defaults() -> dict[str, Any]:
     """The form's defaults: the train stage's own (its default preset, else its dataclass)."""
     out = dict(FALLBACK_DEFAULTS)
     try:
-        from catalogtune import train
+        from catalogtune.train import stage as train
     except Exception:  # the stage may not be installed or may fail to import: keep fallbacks
         return out
     for f in dataclasses.fields(train.TrainConfig):
@@ -38,7 +38,7 @@ def defaults() -> dict[str, Any]:
             out[f.name] = f.default
     preset = getattr(train, "DEFAULT_PRESET", None)
     if preset is not None and Path(preset).is_file():
-        from catalogtune.config import load_yaml
+        from catalogtune.core.config import load_yaml
 
         with contextlib.suppress(CatalogtuneError):
             out.update({k: v for k, v in load_yaml(preset).items() if k in out})
@@ -47,7 +47,7 @@ def defaults() -> dict[str, Any]:
 
 def check_model(ws: jobs.Workspace, name: str) -> str:
     """A model the trainer can load: a registered name, a hub id or a model folder in the workspace."""
-    from catalogtune.models import REGISTRY
+    from catalogtune.core.models import REGISTRY
 
     name = (name or "").strip()
     if not name:
@@ -91,7 +91,7 @@ def resume_argv(status: jobs.JobStatus, prep: Path, run_dir: Path, settings: dic
     # Started elsewhere (CLI, demo): its saved config.yaml knows the settings better than the form.
     saved: dict[str, Any] = {}
     if (run_dir / "config.yaml").is_file():
-        from catalogtune.config import load_yaml
+        from catalogtune.core.config import load_yaml
 
         with contextlib.suppress(CatalogtuneError):
             saved = {k: v for k, v in load_yaml(run_dir / "config.yaml").items() if k in FLAGS and v is not None}

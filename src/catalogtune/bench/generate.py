@@ -19,8 +19,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from catalogtune import config
-from catalogtune.util import CatalogtuneError, shared_sample
+from catalogtune.core import config
+from catalogtune.core.util import CatalogtuneError, shared_sample
 
 
 @dataclass
@@ -123,7 +123,7 @@ def run(cfg: BenchGenerateConfig) -> BenchGenerateResult:
     """Time the batched path and the one-at-a-time anchor on the same prompts, batch by batch."""
     import torch
 
-    from catalogtune.generate import Generator
+    from catalogtune.infer.generate import Generator
 
     titles = load_titles(cfg.sample, int(cfg.prompts))
     load_before = os.getloadavg()[0]

@@ -22,9 +22,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from catalogtune import config
+from catalogtune.core import config
 from catalogtune.bench import emit
-from catalogtune.util import CatalogtuneError
+from catalogtune.core.util import CatalogtuneError
 
 
 @dataclasses.dataclass
@@ -185,7 +185,7 @@ def baseline(path: Path, n: int, out: Path, seed: int = 0) -> int:
 def run(cfg: BenchPrepareConfig) -> dict[str, Any]:
     """Generate (or reuse) the input, time prepare and the pandas baseline, return the figures."""
     from catalogtune.data import synthetic
-    from catalogtune.util import read_json
+    from catalogtune.core.util import read_json
 
     work = Path(cfg.workdir) if cfg.workdir else Path(tempfile.mkdtemp(prefix="ct_bench_prepare_"))
     work.mkdir(parents=True, exist_ok=True)

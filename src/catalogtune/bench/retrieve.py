@@ -22,10 +22,10 @@ from typing import Any
 
 import numpy as np
 
-from catalogtune import config
+from catalogtune.core import config
 from catalogtune.bench import emit
-from catalogtune.rag import client, hnsw_settings
-from catalogtune.util import CatalogtuneError, atomic_write_json, peak_rss_mb, read_json
+from catalogtune.rag.index import client, hnsw_settings
+from catalogtune.core.util import CatalogtuneError, atomic_write_json, peak_rss_mb, read_json
 
 GEN_CHUNK = 10_000
 """Rows generated per random stream: any prefix of the data set is the same for every size."""
@@ -290,7 +290,7 @@ def run(cfg: RetrieveBenchConfig) -> RetrieveBenchResult:
 
 def _sample_records(count: int) -> list[dict]:
     """Up to ``count`` real records from the shared sample (synthetic ones if it is absent)."""
-    from catalogtune.util import shared_sample
+    from catalogtune.core.util import shared_sample
 
     path, recs = shared_sample(), []
     if path is not None:
@@ -307,8 +307,8 @@ def _sample_records(count: int) -> list[dict]:
 
 def _embedder_figures(name: str, count: int) -> dict:
     """Single-title embedding latency and batch embedding rate of ``name`` on real records."""
-    from catalogtune.embed import get_embedder
-    from catalogtune.rag import embed_text, valid_records
+    from catalogtune.rag.embed import get_embedder
+    from catalogtune.rag.index import embed_text, valid_records
 
     emb = get_embedder(name)
     recs, _ = valid_records(_sample_records(count))

@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from catalogtune import config
-from catalogtune.util import CatalogtuneError, atomic_write_json, read_json, shared_sample
+from catalogtune.core import config
+from catalogtune.core.util import CatalogtuneError, atomic_write_json, read_json, shared_sample
 
 TARGETS = {"smollm2-135m": {"speedup": 4.0, "ceiling_fraction": 0.6}, "gemma3-270m": {"ceiling_fraction": 0.4}}
 """Issue 3's targets on 2 cores, reported beside the figures (never asserted here)."""
@@ -112,7 +112,7 @@ def prepare_data(src: Path | None, work: Path) -> Path:
 
 def sample_lengths(tok: Any, records: list[dict], max_length: int) -> tuple[list[int], list[int]]:
     """(total tokens, completion tokens) per record, tokenised as prompt + completion, cut at max_length."""
-    from catalogtune.prompt import build_prompt, completion_text
+    from catalogtune.core.prompt import build_prompt, completion_text
 
     totals, useful = [], []
     for rec in records:
@@ -137,9 +137,9 @@ def _anchor_worker(spec: dict) -> dict:
     from transformers import TrainerCallback
     from trl import SFTConfig, SFTTrainer
 
-    from catalogtune import models
+    from catalogtune.core import models
     from catalogtune.data.io import read_split
-    from catalogtune.prompt import build_prompt, completion_text, end_token
+    from catalogtune.core.prompt import build_prompt, completion_text, end_token
 
     torch.set_num_threads(os.cpu_count() or 1)
     model, tok = models.load(spec["model"])
@@ -198,7 +198,7 @@ def _timed(stamps: list[tuple[float, float]], counts: list[tuple[int, int]], spe
     """Figures of the steps after the warm-up: stamps are (wall, process CPU) after each step."""
     import torch
 
-    from catalogtune.util import peak_rss_mb
+    from catalogtune.core.util import peak_rss_mb
 
     w, n = spec["warmup_steps"], spec["steps"]
     if len(stamps) < w + n or len(counts) < w + n:
@@ -216,10 +216,10 @@ def _timed(stamps: list[tuple[float, float]], counts: list[tuple[int, int]], spe
 
 
 def _ours_worker(spec: dict) -> dict:
-    """Our engine (`catalogtune.train.run`) with the same settings, timed by its step callback."""
+    """Our engine (`catalogtune.train.stage.run`) with the same settings, timed by its step callback."""
     import time
 
-    from catalogtune.train import TrainConfig, run
+    from catalogtune.train.stage import TrainConfig, run
 
     total = spec["warmup_steps"] + spec["steps"]
     cfg = config.build(
@@ -273,11 +273,11 @@ def _rates(r: dict) -> dict:
 
 def run(cfg: BenchTrainConfig) -> BenchTrainResult:
     """Measure the ceiling, our engine and (optionally) the anchor; return the figures."""
-    from catalogtune import models
+    from catalogtune.core import models
     from catalogtune.bench.ceiling import avg_context, lora_flops, matmul_ceiling
 
     if cfg.backend == "unsloth":
-        from catalogtune.unsloth_backend import check_available
+        from catalogtune.train.unsloth import check_available
 
         check_available()  # one line, before any long work
     model_dir = models.resolve(cfg.model)  # convert once here, not inside the timed children

@@ -14,7 +14,7 @@ import zlib
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from catalogtune.util import CatalogtuneError
+from catalogtune.core.util import CatalogtuneError
 
 SPLITS = ("train", "val", "test")
 MAX_LINE_BYTES = 64 << 20

@@ -19,9 +19,9 @@ from collections import deque
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from catalogtune import config
+from catalogtune.core import config
 from catalogtune.data.io import SPLITS, SourceInfo, check_readable, detect_format, iter_chunks, prefetch
-from catalogtune.util import CatalogtuneError, atomic_dir, atomic_write_json, peak_rss_mb
+from catalogtune.core.util import CatalogtuneError, atomic_dir, atomic_write_json, peak_rss_mb
 
 OUTPUT_FILES = {f"{s}.parquet" for s in SPLITS} | {"quality_report.json", "raw_lengths.parquet", "config.yaml"}
 SMALL_INPUT_BYTES = 8 << 20
@@ -259,7 +259,7 @@ def _save_config(cfg: PrepareConfig, path: Path) -> None:
     """config.save, with the input paths as strings (to_dict leaves Paths inside lists)."""
     import yaml
 
-    from catalogtune.util import atomic_write
+    from catalogtune.core.util import atomic_write
 
     values = {**config.to_dict(cfg), "inputs": [str(p) for p in cfg.inputs]}
     with atomic_write(path) as fh:

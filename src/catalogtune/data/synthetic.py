@@ -21,7 +21,7 @@ from typing import IO, Iterator
 
 import orjson
 
-from catalogtune.util import CatalogtuneError, atomic_write, shared_sample
+from catalogtune.core.util import CatalogtuneError, atomic_write, shared_sample
 
 EMPTY_SHARE = 0.38
 """About 858k of the 2.25M real training records have an empty description."""

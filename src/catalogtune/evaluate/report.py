@@ -1,0 +1,260 @@
+"""Scoring and reporting for ``evaluate``: per-sample metrics, summaries, breakdowns, files.
+
+Everything here works on plain rows (dicts) produced by ``evaluate``; no model is loaded
+except through the embedding functions passed in.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from catalogtune.evaluate import metrics
+from catalogtune.core.util import atomic_write, atomic_write_text
+
+MAIN_METRICS = ("perplexity", "rouge_l", "chrf", "cosine", "bertscore_f1", "unsupported_rate")
+"""Metrics shown in plots and breakdowns."""
+TABLE_METRICS = (
+    "n", "loss", "perplexity", "rouge1", "rouge2", "rouge_l", "bleu", "chrf", "cosine", "bertscore_f1",
+    "distinct_2", "length_ratio", "empty_rate", "unsupported_rate", "mean_new_tokens",
+)
+"""Columns of the per-system tables."""
+
+TITLE_BUCKETS = ((40, "short (<40 chars)"), (80, "medium (40-79)"), (10**9, "long (80+)"))
+"""Title-length buckets in characters (the full data's median title is 54 characters)."""
+
+CATEGORY_KEYWORDS: dict[str, tuple[str, ...]] = {
+    "books": ("book", "books", "paperback", "hardcover", "novel", "author", "edition", "isbn", "chapter",
+              "chapters", "reader", "readers", "reading", "published", "publisher", "poems", "poetry", "memoir",
+              "stories", "story", "cookbook", "recipes", "guide", "essays", "trilogy", "saga", "biography",
+              "fiction", "mystery", "mysteries", "literary", "writing", "writings", "written", "volume", "pages",
+              "illustrated", "starred review"),
+    "music": ("cd", "album", "albums", "song", "songs", "tracks", "vinyl", "lp", "band", "singer", "music",
+              "audio cd", "remastered", "soundtrack"),
+    "movies": ("dvd", "blu-ray", "bluray", "film", "films", "movie", "movies", "starring", "director",
+               "vhs", "episodes", "season", "widescreen"),
+    "clothing": ("shirt", "t-shirt", "dress", "jeans", "pants", "shoe", "shoes", "boots", "sock", "socks",
+                 "jacket", "hoodie", "sweater", "sleeve", "cotton", "polyester", "women's", "men's",
+                 "apparel", "skirt", "costume", "leggings", "tutu", "leotard"),
+    "toys": ("toy", "toys", "lego", "puzzle", "doll", "dolls", "plush", "ages", "playset", "board game",
+             "action figure", "kids", "children"),
+}
+"""Keyword rules for inferring a category; the data has no category field."""
+
+_CAT_PATTERNS = {
+    cat: [re.compile(r"(?<![\w'-])" + re.escape(w) + r"(?![\w'-])") for w in words]
+    for cat, words in CATEGORY_KEYWORDS.items()
+}
+
+
+def title_bucket(title: str) -> str:
+    """The title-length bucket of a title."""
+    n = len(title or "")
+    return next(label for limit, label in TITLE_BUCKETS if n < limit)
+
+
+def infer_category(title: str, reference: str = "") -> str:
+    """A category from keyword hits: a title hit counts 2, a reference hit 1; the best score wins.
+
+    Ties go to the first category in ``CATEGORY_KEYWORDS``; otherwise ``other``.
+    """
+    t, r = (title or "").lower(), (reference or "").lower()[:2000]
+    best, best_score = "other", 0
+    for cat, pats in _CAT_PATTERNS.items():
+        score = sum(2 * bool(p.search(t)) + bool(p.search(r)) for p in pats)
+        if score > best_score:
+            best, best_score = cat, score
+    return best
+
+
+def add_sample_metrics(
+    rows: list[dict],
+    embed: Callable[[list[str]], np.ndarray],
+    token_embed: metrics.TokenEmbed,
+    support: dict[str, list[str]],
+) -> None:
+    """Add per-sample metrics to each row in place (rouge, chrf, cosine, bertscore, claims).
+
+    ``support`` maps an item id to the retrieved texts that back up its claims.
+    """
+    if not rows:
+        return
+    refs = [r["reference"] for r in rows]
+    hyps = [r["output"] for r in rows]
+    for row, rg, cf in zip(rows, metrics.rouge_per_sample(refs, hyps), metrics.chrf_per_sample(refs, hyps)):
+        row.update(rg)
+        row["chrf_s"] = cf
+    sims = metrics.cosine(embed(refs), embed(hyps))
+    bs = metrics.bertscore_per_sample(refs, hyps, token_embed=token_embed)
+    for row, sim, (p, rc, f) in zip(rows, sims, bs):
+        row["cosine"] = float(sim)
+        row["bertscore_p"], row["bertscore_r"], row["bertscore_f1"] = p, rc, f
+        row["claims"], row["unsupported"] = metrics.unsupported_claims(
+            row["output"], row["title"], support.get(row["id"], [])
+        )
+
+
+def _mean(rows: Sequence[dict], key: str) -> float:
+    return float(np.mean([r[key] for r in rows])) if rows else float("nan")
+
+
+def summarize(rows: Sequence[dict]) -> dict[str, Any]:
+    """Corpus metrics of one system's scored rows."""
+    refs = [r["reference"] for r in rows]
+    hyps = [r["output"] for r in rows]
+    n_tok = sum(r["n_tokens"] for r in rows)
+    nll = sum(r["nll_sum"] for r in rows)
+    claims = sum(r["claims"] for r in rows)
+    return {
+        "n": len(rows),
+        "loss": nll / n_tok if n_tok else float("nan"),
+        "perplexity": metrics.perplexity(nll, n_tok),
+        "rouge1": _mean(rows, "rouge1"),
+        "rouge2": _mean(rows, "rouge2"),
+        "rouge_l": _mean(rows, "rouge_l"),
+        "bleu": metrics.bleu(refs, hyps),
+        "chrf": metrics.chrf(refs, hyps),
+        "cosine": _mean(rows, "cosine"),
+        "bertscore_p": _mean(rows, "bertscore_p"),
+        "bertscore_r": _mean(rows, "bertscore_r"),
+        "bertscore_f1": _mean(rows, "bertscore_f1"),
+        "distinct_1": metrics.distinct_n(hyps, 1),
+        "distinct_2": metrics.distinct_n(hyps, 2),
+        "length_ratio": metrics.length_ratio(refs, hyps),
+        "empty_rate": metrics.empty_rate(hyps),
+        "claims": claims,
+        "unsupported": sum(r["unsupported"] for r in rows),
+        "unsupported_rate": sum(r["unsupported"] for r in rows) / claims if claims else 0.0,
+        "mean_new_tokens": _mean(rows, "new_tokens"),
+        "stopped_rate": _mean(rows, "stopped"),
+        "gen_seconds": float(sum(r["seconds"] for r in rows)),
+    }
+
+
+def breakdowns(rows_by_system: dict[str, list[dict]]) -> dict[str, dict[str, dict[str, dict]]]:
+    """``{"title_length"|"category": {group: {system: main metrics + n}}}``."""
+    out: dict[str, dict[str, dict[str, dict]]] = {"title_length": {}, "category": {}}
+    for system, rows in rows_by_system.items():
+        for dim, keyfn in (("title_length", lambda r: r["bucket"]), ("category", lambda r: r["category"])):
+            groups: dict[str, list[dict]] = {}
+            for r in rows:
+                groups.setdefault(keyfn(r), []).append(r)
+            for group, members in sorted(groups.items()):
+                full = summarize(members)
+                out[dim].setdefault(group, {})[system] = {k: full[k] for k in ("n", *MAIN_METRICS)}
+    return out
+
+
+def clean_json(obj: Any) -> Any:
+    """NaN and inf become null (JSON has no such numbers); numpy scalars become Python ones."""
+    if isinstance(obj, dict):
+        return {k: clean_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [clean_json(v) for v in obj]
+    if isinstance(obj, (np.floating, np.integer)):
+        obj = obj.item()
+    if isinstance(obj, float) and (math.isnan(obj) or math.isinf(obj)):
+        return None
+    return obj
+
+
+# --- files -------------------------------------------------------------------------------
+
+
+def fmt(v: Any) -> str:
+    """A metric value for tables: 4 significant digits, "-" when missing."""
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def _md_table(systems: dict[str, dict], columns: Sequence[str] = TABLE_METRICS) -> str:
+    head = "| system | " + " | ".join(columns) + " |"
+    sep = "|---" * (len(columns) + 1) + "|"
+    lines = [head, sep]
+    lines += [f"| {s} | " + " | ".join(fmt(m.get(c)) for c in columns) + " |" for s, m in systems.items()]
+    return "\n".join(lines)
+
+
+def _md_breakdown(bd: dict[str, dict[str, dict]]) -> list[str]:
+    lines = []
+    for dim, groups in bd.items():
+        lines += [f"### By {dim.replace('_', ' ')}", ""]
+        for group, systems in groups.items():
+            lines += [f"**{group}**", "", _md_table(systems, ("n", *MAIN_METRICS)), ""]
+    return lines
+
+
+def write_markdown(path: Path, report: dict) -> None:
+    """report.md: the per-system tables (test split and seen products), notes, breakdowns."""
+    lines = ["# catalogtune evaluation", ""]
+    lines += [f"- {n}" for n in report.get("notes", [])] + [""]
+    lines += [f"## Test ({report.get('test_source', 'test split')})", "", _md_table(report["systems"]), ""]
+    if report.get("seen", {}).get("systems"):
+        lines += ["## Seen products (training sample)", "", _md_table(report["seen"]["systems"]), ""]
+    lines += ["## Breakdowns (test)", ""] + _md_breakdown(report.get("breakdowns", {}))
+    atomic_write_text(path, "\n".join(lines) + "\n")
+
+
+def plot_metrics(path: Path, report: dict) -> Path:
+    """Bar plots of the main metrics per system, test vs seen, as one PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    splits = [("test", report["systems"]), ("seen", report.get("seen", {}).get("systems", {}))]
+    splits = [(name, s) for name, s in splits if s]
+    systems = list(report["systems"]) or list(splits[0][1]) if splits else []
+    fig, axes = plt.subplots(2, 3, figsize=(13, 7))
+    width = 0.8 / max(1, len(splits))
+    for ax, metric in zip(axes.flat, MAIN_METRICS):
+        for i, (name, table) in enumerate(splits):
+            vals = [table.get(s, {}).get(metric) for s in systems]
+            vals = [v if isinstance(v, (int, float)) and math.isfinite(v) else 0.0 for v in vals]
+            ax.bar(np.arange(len(systems)) + i * width, vals, width, label=name)
+        ax.set_title(metric)
+        ax.set_xticks(np.arange(len(systems)) + width * (len(splits) - 1) / 2)
+        ax.set_xticklabels(systems, rotation=20, fontsize=8)
+    axes.flat[0].legend()
+    fig.tight_layout()
+    with atomic_write(path, "wb") as fh:
+        fig.savefig(fh, format="png", dpi=80)
+    plt.close(fig)
+    return path
+
+
+def write_html(path: Path, report: dict, plot_png: Path | None) -> None:
+    """report.html: self-contained (plots inlined), tables, breakdowns and the samples table."""
+    from catalogtune.core import htmlreport as h
+
+    def systems_table(systems: dict[str, dict], cols: Sequence[str] = TABLE_METRICS) -> str:
+        return h.table([{"system": s, **{c: m.get(c) for c in cols}} for s, m in systems.items()],
+                       ["system", *cols])
+
+    sections = [("Notes", "".join(h.paragraph(n) for n in report.get("notes", [])) or h.paragraph("-"))]
+    sections.append((f"Test: {report.get('test_source', 'test split')}", systems_table(report["systems"])))
+    if report.get("seen", {}).get("systems"):
+        sections.append(("Seen products (training sample)", systems_table(report["seen"]["systems"])))
+    if plot_png is not None and plot_png.is_file():
+        sections.append(("Plots", h.figure(plot_png, "Main metrics per system, test vs seen products")))
+    for dim, groups in report.get("breakdowns", {}).items():
+        rows = [{"group": g, "system": s, **m} for g, systems in groups.items() for s, m in systems.items()]
+        sections.append((f"By {dim.replace('_', ' ')} (test)", h.table(rows, ["group", "system", "n", *MAIN_METRICS])))
+    sections.append(("Samples (test)", _samples_html(h, report.get("samples", []), list(report["systems"]))))
+    atomic_write_text(path, h.page("catalogtune evaluation", sections, subtitle=report.get("subtitle")))
+
+
+def _samples_html(h: Any, samples: list[dict], systems: list[str]) -> str:
+    rows = []
+    for s in samples:
+        refs = "; ".join(f"{r['title']} ({r['score']:.2f})" for r in s.get("references", []))
+        rows.append({"title": s["title"], "reference": s["reference"],
+                     **{sys: s["outputs"].get(sys, "") for sys in systems}, "references": refs or "-"})
+    return h.table(rows, ["title", "reference", *systems, "references"])

@@ -1,0 +1,417 @@
+"""The RAG reference index: the training split in a persistent ChromaDB collection.
+
+``run(IndexConfig(data=DIR, out=INDEX_DIR))`` embeds "title. content[:1000]" of every training
+record (our own embeddings: Chroma's default embedding function downloads a model) and upserts
+them by id, so a re-run after an interruption adds only what is missing. ``INDEX_DIR/index.json``
+records the embedder, the data fingerprint and the HNSW settings; an index built from other data
+or with another embedder is refused, never mixed. ``Index.open(INDEX_DIR).query(titles, k)``
+returns the nearest records with their cosine similarity.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import hashlib
+import re
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from catalogtune.core import config
+from catalogtune.rag.embed import Embedder, HashEmbedder, MiniLMEmbedder, get_embedder
+from catalogtune.core.prompt import clean_title
+from catalogtune.core.util import CatalogtuneError, atomic_write_json, read_json, require
+
+MANIFEST = "index.json"
+FORMAT = 1
+EMBED_CONTENT_CHARS = 1000
+"""Characters of the description embedded after the title: MiniLM reads at most 256 word
+pieces (about 1000 characters of English), so more would only cost tokenisation time."""
+TEXT_RECIPE = f"title. content[:{EMBED_CONTENT_CHARS}]"
+STORE_TITLE_CHARS = 1000
+"""Titles are stored up to this length (the longest real title has 1,999 characters)."""
+STORE_CONTENT_CHARS = 2000
+"""Descriptions are stored up to this length: prompts use at most 400 characters of each."""
+MAX_QUERY_CHARS = 1000
+"""Longer queries are cut (a 10,000-character query is bounded, not refused)."""
+MAX_K = 100
+"""Most results one query may ask for."""
+QUERY_BATCH = 256
+"""Queries embedded and searched per Chroma call."""
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+# Tokenizers turn these strings into real special tokens, so a stored "<|im_end|>" could close
+# the chat turn of a RAG prompt; stored text keeps the word but loses the token syntax.
+_SPECIAL = re.compile(r"<\|([^|<>]{0,40})\|>|<(/?(?:start_of_turn|end_of_turn|bos|eos|pad|unk|s))>")
+
+
+@dataclass
+class IndexConfig:
+    """Options of `catalogtune index`."""
+
+    data: Path
+    """Prepared data folder (its train split is indexed)."""
+    out: Path
+    """Index folder (ChromaDB files and index.json)."""
+    embedder: str = "minilm"
+    """Embedding model: minilm (all-MiniLM-L6-v2) or hash (deterministic fake for tests)."""
+    batch_size: int = 128
+    """Texts per embedding forward pass."""
+    collection: str = "catalog"
+    """ChromaDB collection name."""
+    chunk: int = 2048
+    """Records embedded and upserted per step (a kill loses at most one step)."""
+    hnsw_m: int = 16
+    """HNSW max_neighbors (M): links per node; more = better recall, more memory."""
+    hnsw_ef_construction: int = 128
+    """HNSW ef_construction: candidate list while building; more = better graph, slower build."""
+    hnsw_ef_search: int = 64
+    """HNSW ef_search: candidate list per query; more = better recall, slower queries."""
+    limit: int | None = None
+    """Index only the first N training records (None = all)."""
+    rebuild: bool = False
+    """Replace an existing index built from other data or another embedder."""
+    progress: bool = True
+    """Show a progress bar."""
+
+    def __post_init__(self) -> None:
+        self.data, self.out = Path(self.data), Path(self.out)
+        if self.batch_size < 1 or self.chunk < 1:
+            raise ValueError("batch_size and chunk must be at least 1")
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{1,510}[A-Za-z0-9]", self.collection):
+            raise ValueError("collection must be 3-512 characters of [A-Za-z0-9._-]")
+        if self.hnsw_m < 2 or self.hnsw_ef_construction < 1 or self.hnsw_ef_search < 1:
+            raise ValueError("hnsw_m must be >= 2 and the ef values >= 1")
+        if self.limit is not None and self.limit < 1:
+            raise ValueError("limit must be at least 1")
+
+
+@dataclass
+class IndexResult:
+    """What `run` did."""
+
+    added: int
+    """Records embedded and stored by this run."""
+    skipped: int
+    """Records already in the index (an earlier, possibly interrupted, run stored them)."""
+    total: int
+    """Records in the index now."""
+    seconds: float
+    """Wall time of this run."""
+    invalid: int = 0
+    """Records left out: no id, duplicate id, or neither title nor content."""
+    out: Path | None = None
+    """The index folder."""
+
+
+# --- data -----------------------------------------------------------------------------------
+
+
+def read_train(data: Path, limit: int | None = None) -> list[dict]:
+    """The training split as dicts with ``id``, ``title``, ``content`` (swap point for data.io)."""
+    try:
+        from catalogtune.data.io import read_split
+    except ImportError:
+        read_split = None
+    if read_split is not None:
+        return read_split(Path(data), "train", limit=limit)
+    path = Path(data) / "train.parquet"
+    if not path.is_file():
+        raise CatalogtuneError(f"training split not found: {path} (run catalogtune prepare first)")
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path, columns=["id", "title", "content"])
+    except Exception as exc:  # noqa: BLE001 - any pyarrow failure is a bad input file
+        raise CatalogtuneError(f"cannot read {path}: {str(exc).splitlines()[0]}") from None
+    if limit is not None:
+        table = table.slice(0, limit)
+    rows = table.to_pylist()
+    if not rows:
+        raise CatalogtuneError(f"training split is empty: {path}")
+    return rows
+
+
+def _clean(text: Any, limit: int) -> str:
+    if not isinstance(text, str):
+        return ""
+    text = _SPECIAL.sub(lambda m: f"({m.group(1) or m.group(2)})", _CONTROL.sub(" ", text))
+    return " ".join(text.split())[:limit]
+
+
+def valid_records(rows: list[dict]) -> tuple[list[dict], int]:
+    """(records with a unique id and some text, cleaned and bounded; number left out)."""
+    seen: set[str] = set()
+    out = []
+    for row in rows:
+        rid = row.get("id")
+        rid = rid.strip() if isinstance(rid, str) else ""
+        title = _clean(row.get("title"), STORE_TITLE_CHARS)
+        content = _clean(row.get("content"), STORE_CONTENT_CHARS)
+        if not rid or rid in seen or not (title or content):
+            continue
+        seen.add(rid)
+        out.append({"id": rid, "title": title, "content": content})
+    return out, len(rows) - len(out)
+
+
+def embed_text(rec: dict) -> str:
+    """The text embedded for a record: "title. content[:EMBED_CONTENT_CHARS]"."""
+    title, content = rec["title"], rec["content"][:EMBED_CONTENT_CHARS]
+    return f"{title}. {content}" if title and content else title or content
+
+
+def fingerprint(records: list[dict]) -> str:
+    """A digest of the records (ids and text, in order): another data set gives another one."""
+    h = hashlib.sha256()
+    for rec in records:
+        h.update(f"{rec['id']}\x1f{rec['title']}\x1f{rec['content']}\x1e".encode("utf-8"))
+    return h.hexdigest()[:32]
+
+
+# --- chroma ---------------------------------------------------------------------------------
+
+
+def client(path: Path) -> Any:
+    """A ChromaDB PersistentClient for ``path`` with telemetry off."""
+    chromadb = require("chromadb", extra="rag")
+    from chromadb.config import Settings
+
+    return chromadb.PersistentClient(path=str(path), settings=Settings(anonymized_telemetry=False))
+
+
+def hnsw_settings(m: int, ef_construction: int, ef_search: int) -> dict:
+    """The Chroma collection configuration for a cosine HNSW index."""
+    return {"hnsw": {"space": "cosine", "max_neighbors": m, "ef_construction": ef_construction,
+                     "ef_search": ef_search}}
+
+
+@contextlib.contextmanager
+def _lock(out: Path) -> Iterator[None]:
+    # Two writers on one index would interleave upserts and manifests.
+    with open(out / ".lock", "w") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise CatalogtuneError(f"another process is writing the index {out}") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _read_manifest(path: Path) -> dict:
+    try:
+        man = read_json(path / MANIFEST)
+    except (OSError, ValueError):
+        raise CatalogtuneError(f"RAG index {path}: {MANIFEST} is unreadable (delete the folder to rebuild)") from None
+    if not isinstance(man, dict):
+        raise CatalogtuneError(f"RAG index {path}: {MANIFEST} is not a JSON object")
+    return man
+
+
+def _check_manifest(man: dict, want: dict, out: Path, rebuild: bool) -> bool:
+    """True if the existing index may be extended; False if it must be replaced (rebuild)."""
+    hint = "use --rebuild to replace it, or another --out"
+    for key, what in (("embedder", "embedder"), ("dim", "embedding size"),
+                      ("text_recipe", "text recipe"), ("collection", "collection")):
+        if man.get(key) != want[key]:
+            if rebuild:
+                return False
+            raise CatalogtuneError(f"index {out} was built with {what} {man.get(key)!r}, "
+                                   f"not {want[key]!r}; {hint}")
+    if man.get("data_fingerprint") != want["data_fingerprint"]:
+        if rebuild:
+            return False
+        raise CatalogtuneError(f"index {out} was built from other data ({man.get('data')}, "
+                               f"fingerprint {man.get('data_fingerprint')}); {hint}")
+    old, new = man.get("hnsw", {}), want["hnsw"]
+    if any(old.get(k) != new[k] for k in ("max_neighbors", "ef_construction")) and not rebuild:
+        raise CatalogtuneError(f"index {out} was built with HNSW {old}; {hint}")
+    return not rebuild
+
+
+def _progress(total: int, initial: int, enabled: bool) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, unit="rec", desc="index", disable=not enabled,
+                dynamic_ncols=True)
+
+
+def run(cfg: IndexConfig) -> IndexResult:
+    """Build or extend the index of ``cfg.data``'s training split in ``cfg.out``."""
+    t0 = time.perf_counter()
+    records, invalid = valid_records(read_train(cfg.data, cfg.limit))
+    if not records:
+        raise CatalogtuneError(f"no usable records in the training split of {cfg.data}")
+    emb = get_embedder(cfg.embedder)
+    out = cfg.out
+    if out.exists() and not out.is_dir():
+        raise CatalogtuneError(f"index folder {out} is a file")
+    if out.is_dir() and any(p.name != ".lock" for p in out.iterdir()) and not (out / MANIFEST).is_file():
+        raise CatalogtuneError(f"{out} exists and is not a catalogtune index (no {MANIFEST})")
+    out.mkdir(parents=True, exist_ok=True)
+    want = {
+        "format": FORMAT, "embedder": emb.name, "dim": emb.dim, "text_recipe": TEXT_RECIPE,
+        "collection": cfg.collection, "data": str(cfg.data), "data_fingerprint": fingerprint(records),
+        "records": len(records), "limit": cfg.limit,
+        "hnsw": hnsw_settings(cfg.hnsw_m, cfg.hnsw_ef_construction, cfg.hnsw_ef_search)["hnsw"],
+    }
+    with _lock(out):
+        man = _read_manifest(out) if (out / MANIFEST).is_file() else None
+        keep = man is None or _check_manifest(man, want, out, cfg.rebuild)
+        building = {**want, "status": "building", "count": None}
+        if man is None:  # before Chroma creates files, so a killed first build is known as ours
+            atomic_write_json(out / MANIFEST, building)
+        cl = client(out)
+        if not keep:
+            for name in {str(man.get("collection", cfg.collection)), cfg.collection}:
+                with contextlib.suppress(Exception):  # absent collection: nothing to delete
+                    cl.delete_collection(name)
+        # Only now (old vectors gone) may the manifest name the new data.
+        atomic_write_json(out / MANIFEST, building)
+        col = cl.get_or_create_collection(
+            cfg.collection, configuration=hnsw_settings(*[want["hnsw"][k] for k in (
+                "max_neighbors", "ef_construction", "ef_search")]),
+            embedding_function=None, metadata={"catalogtune": f"rag-index-v{FORMAT}"},
+        )
+        if (col.configuration_json or {}).get("hnsw", {}).get("ef_search") != cfg.hnsw_ef_search:
+            with warnings.catch_warnings():  # "legacy embedding function config": we embed ourselves
+                warnings.simplefilter("ignore", DeprecationWarning)
+                col.modify(configuration={"hnsw": {"ef_search": cfg.hnsw_ef_search}})
+        added, skipped = _fill(col, records, emb, cfg, cl.get_max_batch_size())
+        total = col.count()
+        atomic_write_json(out / MANIFEST, {**want, "status": "complete", "count": total,
+                                           "seconds_last_run": round(time.perf_counter() - t0, 3)})
+    return IndexResult(added, skipped, total, time.perf_counter() - t0, invalid, out)
+
+
+def _fill(col: Any, records: list[dict], emb: Embedder, cfg: IndexConfig, max_batch: int) -> tuple[int, int]:
+    """Embed and upsert the records missing from ``col``; (added, skipped)."""
+    step = max(1, min(cfg.chunk, max_batch))
+    added = skipped = 0
+    with _progress(len(records), 0, cfg.progress) as bar:
+        for i in range(0, len(records), step):
+            chunk = records[i : i + step]
+            have = set(col.get(ids=[r["id"] for r in chunk], include=[])["ids"])
+            todo = [r for r in chunk if r["id"] not in have]
+            skipped += len(chunk) - len(todo)
+            if todo:
+                vecs = emb.embed([embed_text(r) for r in todo], batch_size=cfg.batch_size)
+                col.upsert(
+                    ids=[r["id"] for r in todo],
+                    embeddings=vecs,
+                    documents=[r["content"] for r in todo],
+                    metadatas=[{"title": r["title"]} for r in todo],
+                )
+                added += len(todo)
+            bar.update(len(chunk))
+    return added, skipped
+
+
+# --- querying -------------------------------------------------------------------------------
+
+
+class Index:
+    """An opened index: ``query(texts, k)`` -> nearest training records with cosine scores."""
+
+    def __init__(self, path: Path, manifest: dict, collection: Any, embedder: Embedder) -> None:
+        self.path, self.manifest, self.collection, self.embedder = path, manifest, collection, embedder
+
+    @classmethod
+    def open(cls, index_dir: str | Path, embedder: Embedder | str | None = None,
+             data: str | Path | None = None) -> "Index":
+        """Open ``index_dir``; one-line errors when missing, unfinished or built differently.
+
+        With ``data`` (a prepared folder), its training split must be the one indexed; this
+        reads and hashes the split, so callers pass it when they need the guarantee.
+        """
+        path = Path(index_dir)
+        if not (path / MANIFEST).is_file():
+            what = "not found" if not path.exists() else f"has no {MANIFEST}"
+            raise CatalogtuneError(f"RAG index {path} {what} (build it: catalogtune index --data DIR --out {path})")
+        man = _read_manifest(path)
+        if man.get("status") != "complete":
+            raise CatalogtuneError(f"RAG index {path} is unfinished (re-run catalogtune index to complete it)")
+        if data is not None:
+            fp = fingerprint(valid_records(read_train(Path(data), man.get("limit")))[0])
+            if fp != man.get("data_fingerprint"):
+                raise CatalogtuneError(f"RAG index {path} was built from other data than {data} "
+                                       f"({man.get('data')}); rebuild it with catalogtune index --rebuild")
+        if embedder is None or isinstance(embedder, str):
+            emb = get_embedder(embedder or str(man.get("embedder", "")))
+        else:
+            emb = embedder
+        if emb.name != man.get("embedder") or emb.dim != man.get("dim"):
+            raise CatalogtuneError(f"RAG index {path} was built with embedder {man.get('embedder')!r} "
+                                   f"(dim {man.get('dim')}), not {emb.name!r} (dim {emb.dim})")
+        try:
+            col = client(path).get_collection(man["collection"], embedding_function=None)
+        except Exception as exc:  # noqa: BLE001 - chroma raises several types for a missing collection
+            raise CatalogtuneError(f"RAG index {path}: collection {man.get('collection')!r} "
+                                   f"cannot be opened ({str(exc).splitlines()[0][:200]})") from None
+        return cls(path, man, col, emb)
+
+    def count(self) -> int:
+        """Records in the index."""
+        return int(self.collection.count())
+
+    def query(self, texts: list[str], k: int = 5) -> list[list[dict]]:
+        """For each text, up to ``k`` records ``{"id", "title", "content", "score"}``, best first."""
+        if isinstance(texts, str) or not isinstance(texts, (list, tuple)):
+            raise CatalogtuneError("query() takes a list of texts")
+        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_K:
+            raise CatalogtuneError(f"k must be an integer from 1 to {MAX_K}")
+        cleaned = []
+        for i, t in enumerate(texts):
+            try:
+                cleaned.append(clean_title(t, max_chars=MAX_QUERY_CHARS))
+            except CatalogtuneError as exc:
+                raise CatalogtuneError(f"query {i}: {exc}") from None
+        n = min(k, self.count())
+        if n == 0 or not cleaned:
+            return [[] for _ in cleaned]
+        results: list[list[dict]] = []
+        for i in range(0, len(cleaned), QUERY_BATCH):
+            vecs = self.embedder.embed(cleaned[i : i + QUERY_BATCH])
+            results += self.query_vectors(vecs, n)
+        return results
+
+    def query_vectors(self, vecs: np.ndarray, k: int) -> list[list[dict]]:
+        """Nearest records of already-embedded, normalised query vectors."""
+        res = self.collection.query(query_embeddings=np.asarray(vecs, dtype=np.float32), n_results=k,
+                                    include=["metadatas", "documents", "distances"])
+        out = []
+        for ids, metas, docs, dists in zip(res["ids"], res["metadatas"], res["documents"], res["distances"]):
+            out.append([
+                {"id": rid, "title": (meta or {}).get("title", ""), "content": doc or "",
+                 # Chroma's cosine distance is 1 - cos; clip float noise to [-1, 1].
+                 "score": float(min(1.0, max(-1.0, 1.0 - d)))}
+                for rid, meta, doc, d in zip(ids, metas, docs, dists)
+            ])
+        return out
+
+
+def main(argv: list[str]) -> int:
+    """`catalogtune index --data DIR --out INDEX_DIR [--embedder minilm|hash] [--batch-size N]`."""
+    p = argparse.ArgumentParser(prog="catalogtune index", description="Build the RAG reference index.")
+    p.add_argument("--config", type=Path, default=None, help="YAML preset of IndexConfig keys")
+    config.add_arguments(p, IndexConfig)
+    ns = p.parse_args(argv)
+    if ns.config is None and (ns.data is None or ns.out is None):
+        p.error("--data and --out are required")
+    cfg = config.from_namespace(IndexConfig, ns, ns.config)
+    res = run(cfg)
+    print(f"index {res.out}: {res.added} added, {res.skipped} already there, {res.invalid} left out, "
+          f"{res.total} in total ({res.seconds:.1f} s)")
+    return 0
+
+
+__all__ = ["IndexConfig", "IndexResult", "Index", "run", "main", "get_embedder", "HashEmbedder",
+           "MiniLMEmbedder", "Embedder", "read_train", "embed_text", "fingerprint"]
