@@ -295,7 +295,15 @@ def run(cfg: BenchTrainConfig) -> BenchTrainResult:
             def measure() -> tuple[float, float]:
                 return matmul_ceiling(n=8192, reps=10, device="cuda")[0], 0.0
         else:
-            measure = matmul_ceiling
+            from catalogtune.train.model import bf16_supported
+
+            # The dtype training computes in: bf16 where the CPU has it natively, else float32.
+            # (An emulated bf16 2048^3 matmul takes minutes on an AVX2-only CPU, and it is not
+            # the ceiling of a float32 run.)
+            ceiling_dtype = "bfloat16" if bf16_supported() else "float32"
+
+            def measure() -> tuple[float, float]:
+                return matmul_ceiling(dtype=ceiling_dtype)
         ceilings = [measure()]
         runs: dict[str, list[dict]] = {"ours": [], "anchor": []}
         for i in range(cfg.repeats):
@@ -311,6 +319,7 @@ def run(cfg: BenchTrainConfig) -> BenchTrainResult:
     best = (max(c[0] for c in ceilings), max(c[1] for c in ceilings))
     figures = summarise(cfg, runs, best, lora_flops(model_dir, cfg.lora_r), avg_context(totals))
     figures["device"] = torch.cuda.get_device_name() if gpu else "cpu"
+    figures["ceiling_dtype"] = "bfloat16" if gpu else ceiling_dtype
     return BenchTrainResult(figures)
 
 
