@@ -13,6 +13,7 @@ def demo_out(tmp_path_factory, sample_path, tiny_model_dir):
     out = tmp_path_factory.mktemp("demo")
     cfg = DemoConfig(data=sample_path, out=out, model=str(tiny_model_dir), max_steps=2, limit=4,
                      seen_limit=2, max_new_tokens=8, embedder="hash")
+    assert cfg.data == [sample_path]
     res = run(cfg)
     return out, res
 
@@ -23,9 +24,11 @@ def test_demo_writes_every_stage_and_the_summary(demo_out):
                 "run/summary.json", "eval/report.json", "summary.md", "summary.html"):
         assert (out / sub).exists(), sub
     report = json.loads((out / "eval" / "report.json").read_text())
-    assert set(report["systems"]) == {"base", "finetuned", "base+rag", "finetuned+rag"}
-    for m in report["systems"].values():
-        assert m["n"] == 4 and m["perplexity"] > 1
+    assert set(report["systems"]) == {"base", "finetuned", "base+rag", "finetuned+rag", "title-copy", "retrieval-only"}
+    for name, m in report["systems"].items():
+        assert m["n"] == 4 and (name in ("title-copy", "retrieval-only") or m["perplexity"] > 1)
+    # trained retrieval-aware: the run's config names the index the demo built
+    assert "rag_index" in (out / "run" / "config.yaml").read_text()
     assert "seen" in report
     summary = (out / "summary.md").read_text()
     assert "finetuned+rag" in summary and "catalogtune app --workspace" in summary
@@ -45,5 +48,5 @@ def test_second_demo_skips_up_to_date_stages(demo_out, sample_path, tiny_model_d
 
 
 def test_demo_without_data_explains_how_to_pass_it(tmp_path, monkeypatch):
-    monkeypatch.setattr("catalogtune.demo.shared_sample", lambda: None)
+    monkeypatch.setattr("catalogtune.demo.shared_data", lambda: [])
     assert cli.main(["demo", "--out", str(tmp_path / "o")]) == 2

@@ -16,17 +16,19 @@ from pathlib import Path
 from typing import Any, Callable
 
 from catalogtune.core import config
-from catalogtune.core.util import CatalogtuneError, atomic_write_json, atomic_write_text, read_json, shared_sample
+from catalogtune.core.util import CatalogtuneError, atomic_write_json, atomic_write_text, read_json, shared_data
 
 STAMP = ".stage.json"
 """Suffix of each stage's stamp file inside its folder (``.NAME.stage.json``)."""
-MAIN_METRICS = ("perplexity", "rouge_l", "chrf", "cosine", "unsupported_rate")
+MAIN_METRICS = ("perplexity", "rouge_l", "chrf", "cosine", "unsupported_rate", "invented_attribution_rate",
+                "quote_style_share")
 
 
 @dataclass
 class DemoConfig:
-    data: Path | None = None
-    """Raw input (trn.json[.gz], JSONL, Parquet, CSV); default: ../shared/data/amazon_titles_sample.jsonl."""
+    data: list[Path] = field(default_factory=list)
+    """Raw inputs (trn.json[.gz], JSONL, Parquet, CSV; comma-separated); default: the shared real files
+    ../shared/data/amazon_titles_sample.jsonl and amazon_titles_more.jsonl (796 records)."""
     out: Path = Path("demo-out")
     """Output folder; one subfolder per stage."""
     model: str = "smollm2-135m"
@@ -35,10 +37,16 @@ class DemoConfig:
     """Training preset (YAML); default: the trainer's preset for the model."""
     max_steps: int | None = None
     """Cap on training steps (None: the preset's epochs)."""
-    limit: int = 40
-    """Test records evaluated per system."""
+    limit: int | None = None
+    """Test records evaluated per system (empty = the whole test split: about 100 on the shared files)."""
     seen_limit: int = 12
     """Training records evaluated per system (seen products)."""
+    val_fraction: float = 0.1
+    """Share of title groups in the validation split (early stopping, tuning)."""
+    test_fraction: float = 0.15
+    """Share of title groups in the test split (reported, never tuned on)."""
+    retrieval_training: bool = True
+    """Train retrieval-aware: half of the training prompts hold 3 retrieved records (train --rag-index)."""
     max_new_tokens: int = 128
     """Generation budget per description (the sample's median description is ~100 tokens)."""
     embedder: str = "minilm"
@@ -47,8 +55,11 @@ class DemoConfig:
     """Re-run every stage even when its outputs are up to date."""
 
     def __post_init__(self) -> None:
-        if self.limit <= 0 or self.seen_limit < 0:
-            raise ValueError("limit must be positive and seen_limit not negative")
+        if isinstance(self.data, (str, Path)):
+            self.data = [Path(self.data)]
+        self.data = [Path(p) for p in self.data]
+        if (self.limit is not None and self.limit <= 0) or self.seen_limit < 0:
+            raise ValueError("limit must be positive (or empty) and seen_limit not negative")
 
 
 @dataclass
@@ -89,13 +100,14 @@ def _stage(res: DemoResult, name: str, folder: Path, fp: str, force: bool, fn: C
     return fp
 
 
-def _default_data(data: Path | None) -> Path:
-    if data is not None:
-        if not Path(data).exists():
-            raise CatalogtuneError(f"input not found: {data}")
-        return Path(data)
-    found = shared_sample()
-    if found is None:
+def _default_data(data: list[Path]) -> list[Path]:
+    if data:
+        for p in data:
+            if not Path(p).exists():
+                raise CatalogtuneError(f"input not found: {p}")
+        return [Path(p) for p in data]
+    found = shared_data()
+    if not found:
         raise CatalogtuneError(
             "no input given and ../shared/data/amazon_titles_sample.jsonl not found; "
             "pass the real data: catalogtune demo --data /path/to/trn.json.gz"
@@ -117,8 +129,9 @@ def run(cfg: DemoConfig) -> DemoResult:
     res = DemoResult(out=out)
     d = {k: out / k for k in ("prep", "eda", "index", "run", "eval")}
 
-    fp = _stage(res, "prepare", d["prep"], _fingerprint("prep", _file_sig(data)), cfg.force,
-                lambda: prepare.run(prepare.PrepareConfig(inputs=[data], out=d["prep"])))
+    prep_kw = dict(inputs=data, out=d["prep"], val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction)
+    fp = _stage(res, "prepare", d["prep"], _fingerprint("prep", [_file_sig(p) for p in data], prep_kw), cfg.force,
+                lambda: prepare.run(prepare.PrepareConfig(**prep_kw)))
     prep_fp = fp
     _stage(res, "analyze", d["eda"], _fingerprint("eda", prep_fp), cfg.force,
            lambda: analyze.run(analyze.AnalyzeConfig(data=d["prep"], out=d["eda"])))
@@ -132,8 +145,11 @@ def run(cfg: DemoConfig) -> DemoResult:
     _stage(res, "evaluate-base", d["eval"], _fingerprint("evb", index_fp, cfg.model, eval_common),
            cfg.force, lambda: evaluate.run(config.build(evaluate.EvalConfig, model=cfg.model, **eval_common)))
     train_kw: dict[str, Any] = dict(data=d["prep"], out=d["run"], model=cfg.model, max_steps=cfg.max_steps)
+    if cfg.retrieval_training:
+        # references in half of the prompts need room: about 330 prompt tokens with 3 records
+        train_kw.update(rag_index=d["index"], max_length=512)
     preset = cfg.train_config
-    train_fp = _stage(res, "train", d["run"], _fingerprint("train", prep_fp, train_kw, str(preset)), cfg.force,
+    train_fp = _stage(res, "train", d["run"], _fingerprint("train", prep_fp, index_fp, train_kw, str(preset)), cfg.force,
                       lambda: train.run(_train_config(train, preset, train_kw)))
     _stage(res, "evaluate", d["eval"], _fingerprint("ev", index_fp, train_fp, eval_common), cfg.force,
            lambda: evaluate.run(config.build(evaluate.EvalConfig, run=d["run"], **eval_common)))
@@ -179,7 +195,13 @@ def _ppl_change(report: dict[str, Any]) -> float | None:
         return None
 
 
-def write_summary(res: DemoResult, cfg: DemoConfig, data: Path) -> None:
+def collapse_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """Collapse figures per system and for the real descriptions (``reference``)."""
+    keys = ("top_opening_share", "quote_style_share", "self_bleu")
+    return [{"system": s, **{k: m.get(k) for k in keys}} for s, m in report.get("collapse", {}).items()]
+
+
+def write_summary(res: DemoResult, cfg: DemoConfig, data: list[Path]) -> None:
     """Write ``summary.md`` and ``summary.html`` that link every stage's report."""
     from catalogtune.core import htmlreport
 
@@ -194,12 +216,15 @@ def write_summary(res: DemoResult, cfg: DemoConfig, data: Path) -> None:
     app_cmd = f"catalogtune app --workspace {out}"
     md = [
         "# catalogtune demo summary", "",
-        f"Data: `{data}`  ", f"Base model: `{cfg.model}`", "",
-        "## Test split: before (base) and after (fine-tuned), with and without RAG", "",
+        "Data: " + ", ".join(f"`{p}`" for p in data) + "  ", f"Base model: `{cfg.model}`", "",
+        "## Test split: before (base) and after (fine-tuned), with and without RAG, and two baselines", "",
         _md_table(rows),
     ]
+    verdicts = res.report.get("verdicts", [])
+    md += ["**What the intervals say**", ""] + [f"- {v}" for v in verdicts] + [""] if verdicts else []
     if change is not None:
         md += [f"Perplexity of the fine-tuned model is {change:.0%} lower than the base model's.", ""]
+    md += ["## Collapse (outputs as a corpus; `reference` = the real descriptions)", "", _md_table(collapse_rows(res.report))]
     md += ["## Seen products (training records)", "", _md_table(seen_rows),
            "## Training", "", _md_table(train_row),
            "## Stage times (s)", "", _md_table(timing_rows),
@@ -217,7 +242,9 @@ def write_summary(res: DemoResult, cfg: DemoConfig, data: Path) -> None:
     )
     sections = [
         ("Before / after on the test split", htmlreport.table(rows)
+         + "".join(htmlreport.paragraph(v) for v in verdicts)
          + (f"<p>Perplexity {change:.0%} lower after fine-tuning.</p>" if change is not None else "")),
+        ("Collapse", htmlreport.table(collapse_rows(res.report))),
         ("Seen products", htmlreport.table(seen_rows)),
         ("Training", htmlreport.table(train_row)),
         ("Stage times (s)", htmlreport.table(timing_rows)),
@@ -230,6 +257,8 @@ def print_summary(res: DemoResult) -> None:
     """The short before/after table, stage times and the app command, on stdout."""
     print("\nBefore / after (test split):")
     print(_md_table(before_after_rows(res.report)))
+    for v in res.report.get("verdicts", []):
+        print(f"- {v}")
     change = _ppl_change(res.report)
     if change is not None:
         print(f"Perplexity: {change:.0%} lower after fine-tuning.")

@@ -302,6 +302,7 @@ def test_finetune_page_starts_and_refuses_bad_input(ws, fake_launcher):
 
 class _FakeGen:
     loads = 0
+    decoding: list[dict] = []
 
     @classmethod
     def from_run(cls, run_dir):
@@ -311,7 +312,8 @@ class _FakeGen:
     def prompt(self, title, context=None):
         return f"{title}|{len(context or [])}"
 
-    def generate(self, prompts, max_new_tokens=64, use_adapter=True):
+    def generate(self, prompts, use_adapter=True, **decoding):
+        _FakeGen.decoding.append(decoding)
         text = ("tuned: " if use_adapter else "base: ") + prompts[0]
         return [types.SimpleNamespace(text=text, new_tokens=5, seconds=0.01, stopped_at_eos=True)]
 
@@ -341,6 +343,10 @@ def test_compare_page_with_fake_generator(ws, monkeypatch):
     assert not _errors(at), _errors(at)
     shown = " ".join(m.value for m in at.markdown)
     assert "base: Blue Guitar Strings|0" in shown and "tuned: Blue Guitar Strings|0" in shown
+    # the page decodes exactly as `evaluate` and `ask` do (the app once looped without a penalty)
+    from catalogtune.core.decoding import DECODING
+
+    assert _FakeGen.decoding[-1] == DECODING.kwargs()
     loads = _FakeGen.loads
     at.text_input(key="cmp_title").input("Red Kettle")
     at.button[0].click().run()
@@ -452,3 +458,18 @@ def test_looking_at_a_missing_workspace_creates_nothing(tmp_path):
     ws = jobs.Workspace(tmp_path / "nowhere")
     assert jobs.status(ws, ws.root / "run").state == "none"
     assert not (tmp_path / "nowhere").exists()
+
+
+def test_evaluation_page_tables_show_intervals_and_collapse():
+    from catalogtune.app import page_eval
+
+    comps = [{"system": "finetuned", "versus": "base",
+              "metrics": {"rouge_l": {"diff": 0.02, "low": 0.01, "high": 0.03, "significant": True},
+                          "cosine": {"diff": -0.01, "low": -0.03, "high": 0.01, "significant": False}}},
+             "junk", {"system": "x"}]
+    rows = page_eval.comparisons_table(comps)
+    assert len(rows) == 1 and rows[0]["rouge_l"] == "+0.02 [+0.01, +0.03]"
+    assert rows[0]["cosine"].endswith("not significant") and rows[0]["perplexity"] == "-"
+    table = page_eval.systems_table({"finetuned": {"quote_style_share": 0.9, "top_opening": "a b c"},
+                                     "reference": {"quote_style_share": 0.4}})
+    assert [r["system"] for r in table] == ["finetuned", "reference"] and "top_opening" not in table[0]

@@ -91,7 +91,7 @@ def _patch(monkeypatch, gen, adapter="abc"):
 def _cfg(tmp_path, data_dir, **kw):
     (tmp_path / "run" / "adapter").mkdir(parents=True, exist_ok=True)  # the fake generator ignores it
     base = dict(out=tmp_path / "eval", data=data_dir, run=tmp_path / "run", limit=6, seen_limit=4,
-                batch_size=2, k=2, embedder="hash", max_new_tokens=16)
+                batch_size=2, k=2, embedder="hash", max_new_tokens=16, probes=False, bootstrap=200)
     base.update(kw)
     return evaluate.EvalConfig(**base)
 
@@ -160,16 +160,16 @@ def test_base_results_are_reused_once_the_adapter_exists(tmp_path, data_dir, mon
     _patch(monkeypatch, gen)
     rc = cli.main(["evaluate", "--data", str(data_dir), "--model", "fake-model", "--out", str(tmp_path / "eval"),
                    "--limit", "6", "--seen-limit", "4", "--batch-size", "2", "--k", "2", "--embedder", "hash",
-                   "--max-new-tokens", "16"])
+                   "--max-new-tokens", "16", "--no-probes"])
     assert rc == 0 and "base" in capsys.readouterr().out
     rep = read_json(tmp_path / "eval" / "report.json")
-    assert set(rep["systems"]) == {"base"}
-    assert set(rep["skipped"]) == {"finetuned", "base+rag", "finetuned+rag"}
+    assert set(rep["skipped"]) == {"finetuned", "base+rag", "finetuned+rag", "retrieval-only"}
+    assert set(rep["systems"]) == {"base", "title-copy"}  # a baseline needs no model and no index
     assert gen.generated == 10
     gen2 = FakeGenerator()
     _patch(monkeypatch, gen2)
     res = evaluate.run(_cfg(tmp_path, data_dir), log=lambda m: None)
-    assert set(res.report["systems"]) == {"base", "finetuned"}
+    assert set(res.report["systems"]) == {"base", "finetuned", "title-copy"}
     assert gen2.generated == 10  # only the fine-tuned system was generated
     # a changed generation setting invalidates the cache
     gen3 = FakeGenerator()
@@ -230,3 +230,76 @@ def test_real_tiny_model_with_adapter(tmp_path, data_dir, index_dir, tiny_model_
     assert base["perplexity"] > 1 and ft["perplexity"] > 1 and base["perplexity"] != ft["perplexity"]
     assert rep["systems"]["base+rag"]["perplexity"] != base["perplexity"]  # context changes the prompt
     assert evaluate.run(cfg, log=lambda m: None).generated == 0  # all cached now
+
+
+def test_baselines_intervals_and_every_output_are_in_the_report(tmp_path, data_dir, index_dir, monkeypatch):
+    _patch(monkeypatch, FakeGenerator())
+    rep = evaluate.run(_cfg(tmp_path, data_dir, index=index_dir), log=lambda m: None).report
+    test_items = rep["records"]["test"]
+    assert len(test_items) == 6 and len(rep["records"]["seen"]) == 4  # every record, not only samples
+    for rec in test_items:
+        assert rec["outputs"]["title-copy"] == rec["title"]
+        # retrieval-only answers with a training record's description, never the reference itself
+        assert rec["outputs"]["retrieval-only"] and rec["outputs"]["retrieval-only"] != rec["reference"]
+    assert rep["systems"]["title-copy"]["perplexity"] is None  # a baseline has no likelihood
+    pairs = {(c["system"], c["versus"]) for c in rep["comparisons"]}
+    assert {("finetuned", "base"), ("finetuned", "retrieval-only"), ("finetuned", "title-copy"),
+            ("finetuned+rag", "finetuned")} <= pairs
+    ft = next(c for c in rep["comparisons"] if (c["system"], c["versus"]) == ("finetuned", "base"))
+    for metric in ("rouge_l", "cosine", "perplexity"):
+        res = ft["metrics"][metric]
+        assert res["low"] <= res["diff"] <= res["high"] and isinstance(res["significant"], bool)
+    # the fake halves every NLL with the adapter: perplexity falls for sure, interval below 0
+    assert ft["metrics"]["perplexity"]["high"] < 0 and ft["metrics"]["perplexity"]["better"] is True
+    assert any("finetuned" in v and "base on perplexity" in v for v in rep["verdicts"])
+    assert "reference" in rep["collapse"] and "top_opening_share" in rep["collapse"]["finetuned"]
+    md = (tmp_path / "eval" / "report.md").read_text()
+    assert "paired bootstrap" in md and "retrieval-only" in md and "Collapse" in md
+
+
+def test_collapsed_outputs_show_in_the_collapse_figures(tmp_path, data_dir, monkeypatch):
+    class QuoteGen(FakeGenerator):
+        def generate(self, prompts, max_new_tokens, use_adapter=True, **kw):
+            out = super().generate(prompts, max_new_tokens, use_adapter=use_adapter, **kw)
+            if use_adapter:  # the fine-tuned model answers every product with an invented press quote
+                for g in out:
+                    g.text = "'A wonderful and moving book.' Sunday Herald 'Quite superb.' Morning Gazette"
+            return out
+
+    _patch(monkeypatch, QuoteGen())
+    rep = evaluate.run(_cfg(tmp_path, data_dir), log=lambda m: None).report
+    ft, base = rep["collapse"]["finetuned"], rep["collapse"]["base"]
+    assert ft["top_opening_share"] == 1.0 and ft["quote_style_share"] == 1.0
+    assert rep["systems"]["finetuned"]["invented_attribution_rate"] == 1.0
+    assert rep["collapse"]["reference"]["top_opening_share"] < 1.0
+
+
+def test_probe_titles_are_answered_and_scored_for_book_blurbs(tmp_path, data_dir, monkeypatch):
+    class BlurbGen(FakeGenerator):
+        def generate(self, prompts, max_new_tokens, use_adapter=True, **kw):
+            out = super().generate(prompts, max_new_tokens, use_adapter=use_adapter, **kw)
+            if use_adapter:
+                for g in out:
+                    g.text = "A gripping novel: the author draws readers into every chapter."
+            return out
+
+    gen = BlurbGen()
+    _patch(monkeypatch, gen)
+    rep = evaluate.run(_cfg(tmp_path, data_dir, probes=True, seen_limit=0), log=lambda m: None).report
+    from catalogtune.evaluate.probes import PROBE_TITLES
+
+    assert rep["probes"]["systems"]["finetuned"]["n"] == len(PROBE_TITLES)
+    assert rep["probes"]["systems"]["finetuned"]["book_blurb_share"] == 1.0
+    assert rep["probes"]["systems"]["base"]["book_blurb_share"] == 0.0
+    assert "title-copy" not in rep["probes"]["systems"]  # baselines answer only records with references
+    assert "Non-book probe" in (tmp_path / "eval" / "report.md").read_text()
+
+
+def test_val_split_can_be_evaluated_for_tuning(tmp_path, data_dir, monkeypatch):
+    _write(data_dir, "val", [{"id": "v1", "title": "Oak Bookshelf", "content": "A tall oak shelf."},
+                             {"id": "v2", "title": "Tin Whistle", "content": "A whistle in D."}])
+    _patch(monkeypatch, FakeGenerator())
+    rep = evaluate.run(_cfg(tmp_path, data_dir, split="val", systems=["base"]), log=lambda m: None).report
+    assert {r["id"] for r in rep["records"]["test"]} == {"v1", "v2"} and "val split" in rep["test_source"]
+    with pytest.raises(ValueError, match="split must be test or val"):
+        _cfg(tmp_path, data_dir, split="train")

@@ -62,7 +62,11 @@ def test_ask_base_switches_the_adapter_off(gen):
     base = A.ask("Black steel kitchen set", gen, base=True, max_new_tokens=8)
     assert base["system"] == "base" and ft["system"] == "finetuned"
     assert base["references"] == [] and ft["output"] != base["output"]
-    direct = gen.generate([gen.prompt("Black steel kitchen set")], max_new_tokens=8, use_adapter=False)[0]
+    from catalogtune.core.decoding import DECODING
+
+    # ask decodes exactly like evaluate and the app (the project's one decoding setting)
+    direct = gen.generate([gen.prompt("Black steel kitchen set")], use_adapter=False,
+                          **DECODING.kwargs(max_new_tokens=8))[0]
     assert base["output"] == direct.text
 
 

@@ -326,6 +326,18 @@ def write_report(path: Path, stats: dict, plots: dict[str, Path]) -> None:
                 for k, v in stats["duplicates"].items() if isinstance(v, dict)]
     overlap = [{"overlap": k.replace("_", " "), "records": v} for k, v in stats["duplicates"].items()
                if not isinstance(v, dict)]
+    kind_stats = stats.get("content_kinds") or {}
+    if kind_stats:
+        names = sorted({k for d in kind_stats.values() for k in d})
+        kind_rows = [{"split": s, **{k: d.get(k, 0) for k in names},
+                      "not product": sum(v for k, v in d.items() if k != "product") / max(1, sum(d.values()))}
+                     for s, d in kind_stats.items()]
+        cleaning += ("<h3>Kinds of description kept</h3>"
+                     + hr.paragraph("reviews = only editorial review quotes and their sources; boilerplate = only "
+                                    "publisher or format boilerplate; author_bio = only about the author "
+                                    "(catalogtune.data.kinds). prepare --drop-kinds drops such records from the "
+                                    "train split only.", "meta")
+                     + hr.table(kind_rows, floatfmt="{:.1%}"))
     cleaning += "<h3>Exact duplicates after cleaning</h3>" + hr.table(dup_rows)
     cleaning += hr.table(overlap) if overlap else ""
     cleaning += _fig(plots, "quality", "Kept/dropped records and duplicates remaining after cleaning.")

@@ -336,6 +336,11 @@ def compute_stats(cfg: AnalyzeConfig, notes: list[str]) -> tuple[dict[str, Any],
     drops["dropped"] = sum(drops["reasons"].values())
     stats["drops"] = drops
     stats["quality_report"] = report
+    kinds = (report or {}).get("content_kinds")
+    if isinstance(kinds, dict) and kinds:
+        # kept descriptions by kind: review quotes only, boilerplate only, author biography only
+        stats["content_kinds"] = {str(s): {str(k): int(v) for k, v in d.items()} for s, d in kinds.items()
+                                  if isinstance(d, dict)}
 
     counts = text_counts(sample, max(cfg.top_k, 200))
     stats["text_sample"] = {"records": sample.height, "of": total, "sampled": sample.height < total,

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from catalogtune.app import common, jobs
+from catalogtune.core.decoding import DECODING
 from catalogtune.core.util import CatalogtuneError
 
 RESULT_KEY = "cmp_result"
@@ -76,7 +77,8 @@ def compare(ws: jobs.Workspace, title: str, run_text: str, use_rag: bool, k: int
     outputs = {}
     for label, adapter in (("base", False), ("fine-tuned", True)):
         with _GENERATE_LOCK:
-            (g,) = gen.generate([prompt], max_new_tokens=max_new_tokens, use_adapter=adapter)
+            # The same decoding as `evaluate` and `ask` (repetition penalty, no repeated 3-grams).
+            (g,) = gen.generate([prompt], use_adapter=adapter, **DECODING.kwargs(max_new_tokens=max_new_tokens))
         outputs[label] = {
             "text": g.text, "new_tokens": g.new_tokens, "seconds": g.seconds,
             "stopped": bool(getattr(g, "stopped_at_eos", getattr(g, "stopped", False))),
@@ -122,7 +124,7 @@ def render() -> None:
         c1, c2, c3 = st.columns(3)
         use_rag = c1.checkbox("With RAG", value=False, key="cmp_rag")
         k = c2.number_input("Top-k records", 1, 20, 5, key="cmp_k")
-        max_new = c3.number_input("Max new tokens", 8, 512, 96, key="cmp_max_new")
+        max_new = c3.number_input("Max new tokens", 8, 512, DECODING.max_new_tokens, key="cmp_max_new")
         go = st.form_submit_button("Compare", type="primary")
     if go:
         try:

@@ -9,9 +9,34 @@ from typing import Any
 from catalogtune.app import common, jobs
 from catalogtune.core.util import CatalogtuneError
 
-METRICS = ("perplexity", "rouge_l", "chrf", "cosine", "unsupported_rate", "n")
+METRICS = ("perplexity", "rouge_l", "chrf", "cosine", "unsupported_rate", "invented_attribution_rate",
+           "quote_style_share", "top_opening_share", "n")
 """Columns shown first, in this order; other numeric fields follow."""
-SYSTEM_ORDER = ("base", "finetuned", "base+rag", "finetuned+rag")
+SYSTEM_ORDER = ("base", "finetuned", "base+rag", "finetuned+rag", "title-copy", "retrieval-only")
+DIFF_METRICS = ("rouge_l", "cosine", "bertscore_f1", "perplexity", "unsupported_rate", "invented_attribution", "quote_style")
+"""Differences shown with their paired bootstrap intervals."""
+
+
+def _diff_text(res: Any) -> str:
+    if not isinstance(res, dict) or not isinstance(res.get("diff"), (int, float)):
+        return "-"
+    lo, hi = res.get("low"), res.get("high")
+    if not isinstance(lo, (int, float)) or not isinstance(hi, (int, float)):
+        return f"{res['diff']:+.3g}"
+    return f"{res['diff']:+.3g} [{lo:+.3g}, {hi:+.3g}]" + ("" if res.get("significant") else " not significant")
+
+
+def comparisons_table(comparisons: Any) -> list[dict[str, Any]]:
+    """One row per (system, versus) pair: each metric's difference and 95 % interval as text."""
+    if not isinstance(comparisons, list):
+        return []
+    rows = []
+    for c in comparisons:
+        if not isinstance(c, dict) or not isinstance(c.get("metrics"), dict):
+            continue
+        rows.append({"system": str(c.get("system")), "versus": str(c.get("versus")),
+                     **{m: _diff_text(c["metrics"].get(m)) for m in DIFF_METRICS}})
+    return rows
 REFRESH_S = 3.0
 
 
@@ -43,7 +68,7 @@ def eval_argv(ws: jobs.Workspace, run_dir: Path, limit: int, seen_limit: int | N
     argv = ["evaluate", "--data", str(ws.prep), "--run", str(run_dir)]
     if ws.index.is_dir():
         argv += ["--index", str(ws.index)]
-    argv += ["--out", str(ws.eval), "--limit", str(int(limit))]
+    argv += ["--out", str(ws.eval)] + (["--limit", str(int(limit))] if limit else [])
     return argv + (["--seen-limit", str(int(seen_limit))] if seen_limit is not None else [])
 
 
@@ -60,6 +85,17 @@ def _report(ws: jobs.Workspace) -> None:
         st.dataframe(rows, hide_index=True)
     else:
         st.warning("report.json has no systems")
+    for verdict in report.get("verdicts") or []:
+        st.text(str(verdict))  # plain text: never rendered as Markdown
+    diffs = comparisons_table(report.get("comparisons"))
+    if diffs:
+        st.subheader("Differences (paired bootstrap 95 % intervals)")
+        st.caption("A difference whose interval contains 0 is marked 'not significant'.")
+        st.dataframe(diffs, hide_index=True)
+    collapse = report.get("collapse")
+    if isinstance(collapse, dict) and collapse:
+        st.subheader("Collapse and diversity (reference = the real descriptions)")
+        st.dataframe(systems_table(collapse), hide_index=True)
     seen = report.get("seen")
     if isinstance(seen, dict) and systems_table(seen.get("systems")):
         st.subheader("Training records (seen products)")
@@ -104,7 +140,7 @@ def render() -> None:
     with st.form("eval_form"):
         run_text = st.text_input("Run folder", value=runs[0] if runs else "run", key="ev_run")
         c1, c2 = st.columns(2)
-        limit = c1.number_input("Test records per system", 1, 100_000, 50, key="ev_limit")
+        limit = c1.number_input("Test records per system (0 = the whole test split)", 0, 100_000, 0, key="ev_limit")
         seen = c2.number_input("Training records per system (seen products; 0 = skip)", 0, 100_000, 20,
                                key="ev_seen")
         go = st.form_submit_button("Start evaluation", type="primary")

@@ -114,6 +114,18 @@ def peak_rss_mb() -> float:
     return max(own, kids) / 1024.0  # ru_maxrss is KiB on Linux
 
 
+SHARED_FILES = ("amazon_titles_sample.jsonl", "amazon_titles_more.jsonl")
+"""The shared real records (400 + 396), read in place from ``../shared/data/``."""
+
+
+def shared_data() -> list[Path]:
+    """Every shared real file found beside the sample (``shared_sample``'s folder); [] without it."""
+    first = shared_sample()
+    if first is None:
+        return []
+    return [first] + [p for name in SHARED_FILES[1:] if (p := first.with_name(name)).is_file()]
+
+
 def shared_sample() -> Path | None:
     """The shared real sample (``../shared/data/amazon_titles_sample.jsonl``), if present.
 

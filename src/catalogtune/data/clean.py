@@ -24,8 +24,14 @@ TITLE_ECHO = "title_echo"
 NOT_ENGLISH = "not_english"
 DUPLICATE_EXACT = "duplicate_exact"
 DUPLICATE_TITLE = "duplicate_title"
+# Dropped from the train split only, by --drop-kinds (data.kinds): val and test keep every kind,
+# so evaluation still sees the real mix of descriptions.
+TRAIN_REVIEWS_ONLY = "train_reviews_only"
+TRAIN_BOILERPLATE_ONLY = "train_boilerplate_only"
+TRAIN_AUTHOR_BIO_ONLY = "train_author_bio_only"
+KIND_REASONS = {"reviews": TRAIN_REVIEWS_ONLY, "boilerplate": TRAIN_BOILERPLATE_ONLY, "author_bio": TRAIN_AUTHOR_BIO_ONLY}
 REASONS = (EMPTY_TITLE, EMPTY_CONTENT, PLACEHOLDER, TOO_SHORT, TITLE_ECHO, NOT_ENGLISH,
-           DUPLICATE_EXACT, DUPLICATE_TITLE)
+           DUPLICATE_EXACT, DUPLICATE_TITLE, TRAIN_REVIEWS_ONLY, TRAIN_BOILERPLATE_ONLY, TRAIN_AUTHOR_BIO_ONLY)
 
 _TAG = re.compile(r"</?([A-Za-z][A-Za-z0-9]*)(?:\s[^<>]{0,300})?/?>")
 # inline tags sit inside words or before punctuation ("<b>value</b>,"): removed without a space

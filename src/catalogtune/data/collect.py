@@ -15,7 +15,7 @@ from itertools import repeat
 from pathlib import Path
 from typing import Any, Callable
 
-from catalogtune.data import clean
+from catalogtune.data import clean, kinds
 from catalogtune.data.io import SPLITS
 from catalogtune.data.records import CANDIDATE, MALFORMED, MALFORMED_CODE, REASON_CODE, ChunkResult
 
@@ -35,8 +35,12 @@ Sink = Callable[[int, Any], None]
 class Collector:
     """Counts, deduplicates and forwards kept records; stops at ``limit`` items if given."""
 
-    def __init__(self, sink: Sink, limit: int | None = None, lengths: Any = None) -> None:
+    def __init__(self, sink: Sink, limit: int | None = None, lengths: Any = None,
+                 drop_kinds: tuple[str, ...] = ()) -> None:
         self.sink = sink
+        # kind index -> drop reason code, for kinds dropped from the train split only
+        self.drop_kinds = {kinds.KINDS.index(k): REASON_CODE[clean.KIND_REASONS[k]] for k in drop_kinds}
+        self.kind_counts = [Counter() for _ in SPLITS]
         self.limit = limit
         self.lengths = lengths  # a RawLengthsWriter, or None
         self.seen: dict[int, int] = {}
@@ -108,6 +112,18 @@ class Collector:
             for item, ex in zip(items.tolist(), exact.tolist()):
                 status[item] = _DUP_EXACT if ex else _DUP_TITLE
         splits = np.frombuffer(res.split, dtype=np.uint8, count=m)
+        kind = np.frombuffer(res.kinds, dtype=np.uint8, count=m) if len(res.kinds) >= m else np.zeros(m, np.uint8)
+        if self.drop_kinds:
+            items = np.frombuffer(res.cand_item, dtype=np.int32, count=m)
+            for code, reason in self.drop_kinds.items():
+                drop = np.flatnonzero(keep & (splits == 0) & (kind == code))
+                for item in items[drop].tolist():
+                    status[item] = reason
+                keep[drop] = False
+        for split in range(len(SPLITS)):
+            codes, counts = np.unique(kind[keep & (splits == split)], return_counts=True)
+            for code, n in zip(codes.tolist(), counts.tolist()):
+                self.kind_counts[split][kinds.KINDS[code]] += n
         for split in range(len(SPLITS)):
             rows = np.flatnonzero(keep & (splits == split))
             if len(rows):

@@ -54,6 +54,9 @@ class PrepareConfig:
     """Rows per Parquet row group in the split files."""
     progress: bool = False
     """Print progress lines to stderr every few seconds."""
+    drop_kinds: list[str] = dataclasses.field(default_factory=list)
+    """Description kinds dropped from the train split only (reviews, boilerplate, author_bio; see data.kinds);
+    val and test keep every kind, so evaluation sees the real mix. Counted as train_*_only drops."""
 
     def __post_init__(self) -> None:
         if isinstance(self.inputs, (str, Path)):
@@ -77,6 +80,12 @@ class PrepareConfig:
             raise ValueError("chunk_mb must be between 0.01 and 1024")
         if self.row_group_rows < 1:
             raise ValueError("row_group_rows must be positive")
+        from catalogtune.data.clean import KIND_REASONS
+
+        self.drop_kinds = [str(k).strip() for k in self.drop_kinds if str(k).strip()]
+        bad = [k for k in self.drop_kinds if k not in KIND_REASONS]
+        if bad:
+            raise ValueError(f"unknown drop_kinds {bad}; known: {', '.join(KIND_REASONS)}")
 
 
 @dataclasses.dataclass
@@ -240,6 +249,9 @@ def _report(cfg: PrepareConfig, infos: list[SourceInfo], col: Any, wall: float,
         "invalid_utf8_examples": col.bad_utf8_lines,
         "blank_lines": col.blank,
         "splits": dict(zip(SPLITS, col.splits)),
+        # kept descriptions by kind (data.kinds), per split: how much of the catalogue is only
+        # review quotes, boilerplate or an author biography
+        "content_kinds": {s: dict(sorted(col.kind_counts[i].items())) for i, s in enumerate(SPLITS)},
         "inputs": [
             {"path": info.path, "format": info.format, "records_read": col.per_source.get(i, 0),
              "truncated": info.truncated, "error": info.error}
@@ -304,7 +316,7 @@ def run(cfg: PrepareConfig) -> PrepareResult:
         (tmp / _OWNER).write_text(str(os.getpid()))
         writers = SplitWriters(tmp, cfg.row_group_rows)
         lengths = RawLengthsWriter(tmp / "raw_lengths.parquet")
-        col = Collector(writers, cfg.max_records, lengths)
+        col = Collector(writers, cfg.max_records, lengths, drop_kinds=tuple(cfg.drop_kinds))
         col.paths = [str(p) for p in cfg.inputs]
         try:
             _consume(cfg, infos, col)

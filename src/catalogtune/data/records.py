@@ -15,7 +15,7 @@ import orjson
 import pyarrow as pa
 from zlib import crc32
 
-from catalogtune.data import clean
+from catalogtune.data import clean, kinds
 from catalogtune.data.clean import clean_text, clean_title, drop_reason, hash64, split_of, title_keys
 from catalogtune.data.io import LineChunk, RowChunk
 
@@ -37,6 +37,8 @@ class RuleOptions:
     test_fraction: float
     min_content_chars: int
     english_only: bool
+    kinds: bool = True
+    """Classify each kept description's kind (data.kinds: product, reviews, boilerplate, author_bio)."""
 
 
 @dataclasses.dataclass
@@ -65,6 +67,8 @@ class ChunkResult:
     table: Any = None
     """The candidates as an Arrow table (id, title, content): sent as buffers, not Python strings."""
     split: bytearray = dataclasses.field(default_factory=bytearray)
+    kinds: bytearray = dataclasses.field(default_factory=bytearray)
+    """Per candidate: the index of its description kind in ``data.kinds.KINDS`` (0 when not classified)."""
 
     def malformed(self, item: int, line: int, kind: str, detail: str) -> None:
         """Record one malformed item."""
@@ -133,6 +137,11 @@ def _classify_all(res: ChunkResult, records: Any, opts: RuleOptions) -> None:
         titles(t)
         contents(c)
         h_content((crc32(c.encode("utf-8", "surrogatepass")) << 31) ^ len(c))
+    if opts.kinds:
+        code = {k: i for i, k in enumerate(kinds.KINDS)}
+        res.kinds.extend(code[kinds.content_kind(c)] for c in res.contents)
+    else:
+        res.kinds.extend(bytes(len(res.contents)))
     keys, groups = title_keys(res.titles)
     # a title of punctuation only has an empty key: compare it as written
     res.h_title.extend([hash64(k or t) for k, t in zip(keys, res.titles)])

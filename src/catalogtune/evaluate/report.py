@@ -13,16 +13,24 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from catalogtune.evaluate import metrics
 from catalogtune.core.util import atomic_write, atomic_write_text
+from catalogtune.data import kinds
+from catalogtune.evaluate import compare, diversity, metrics, probes
 
 MAIN_METRICS = ("perplexity", "rouge_l", "chrf", "cosine", "bertscore_f1", "unsupported_rate")
 """Metrics shown in plots and breakdowns."""
 TABLE_METRICS = (
     "n", "loss", "perplexity", "rouge1", "rouge2", "rouge_l", "bleu", "chrf", "cosine", "bertscore_f1",
-    "distinct_2", "length_ratio", "empty_rate", "unsupported_rate", "mean_new_tokens",
+    "distinct_2", "length_ratio", "empty_rate", "unsupported_rate", "invented_attribution_rate",
+    "stopped_rate", "mean_new_tokens",
 )
 """Columns of the per-system tables."""
+COLLAPSE_METRICS = ("top_opening_share", "top_opening", "quote_style_share", "corpus_distinct_1",
+                    "corpus_distinct_2", "self_bleu")
+"""Columns of the collapse table (each system's outputs as a corpus, and the references)."""
+COMPARE_METRICS = ("rouge_l", "cosine", "bertscore_f1", "chrf_s", "perplexity", "unsupported_rate",
+                   "invented_attribution", "quote_style")
+"""Columns of the paired-difference table."""
 
 TITLE_BUCKETS = ((40, "short (<40 chars)"), (80, "medium (40-79)"), (10**9, "long (80+)"))
 """Title-length buckets in characters (the full data's median title is 54 characters)."""
@@ -77,7 +85,8 @@ def add_sample_metrics(
     token_embed: metrics.TokenEmbed,
     support: dict[str, list[str]],
 ) -> None:
-    """Add per-sample metrics to each row in place (rouge, chrf, cosine, bertscore, claims).
+    """Add per-sample metrics to each row in place (rouge, chrf, cosine, bertscore, claims,
+    invented attributions, quote style).
 
     ``support`` maps an item id to the retrieved texts that back up its claims.
     """
@@ -93,23 +102,47 @@ def add_sample_metrics(
     for row, sim, (p, rc, f) in zip(rows, sims, bs):
         row["cosine"] = float(sim)
         row["bertscore_p"], row["bertscore_r"], row["bertscore_f1"] = p, rc, f
-        row["claims"], row["unsupported"] = metrics.unsupported_claims(
-            row["output"], row["title"], support.get(row["id"], [])
-        )
+        backing = support.get(row["id"], [])
+        row["claims"], row["unsupported"] = metrics.unsupported_claims(row["output"], row["title"], backing)
+        row["attributions"], invented = diversity.invented_attributions(row["output"], row["title"], backing)
+        row["invented_attribution"] = float(invented > 0)
+        row["quote_style"] = float(kinds.is_quote_style(row["output"]))
+
+
+def add_probe_metrics(rows: list[dict], support: dict[str, list[str]]) -> None:
+    """Reference-free metrics of probe-title rows in place: book blurb, quote style, invented attributions."""
+    for row in rows:
+        backing = support.get(row["id"], [])
+        row["book_blurb"] = float(probes.is_book_blurb(row["output"], row["title"]))
+        row["quote_style"] = float(kinds.is_quote_style(row["output"]))
+        row["attributions"], invented = diversity.invented_attributions(row["output"], row["title"], backing)
+        row["invented_attribution"] = float(invented > 0)
+
+
+def summarize_probes(rows: Sequence[dict]) -> dict[str, Any]:
+    """Shares over the probe titles' outputs (no references, so no overlap metrics)."""
+    hyps = [r["output"] for r in rows]
+    out = {"n": len(rows), "book_blurb_share": _mean(rows, "book_blurb"), "quote_style_share": _mean(rows, "quote_style"),
+           "invented_attribution_rate": _mean(rows, "invented_attribution"),
+           "mean_new_tokens": _mean(rows, "new_tokens"), "stopped_rate": _mean(rows, "stopped")}
+    out["top_opening_share"] = diversity.collapse_summary(hyps)["top_opening_share"]
+    return out
 
 
 def _mean(rows: Sequence[dict], key: str) -> float:
-    return float(np.mean([r[key] for r in rows])) if rows else float("nan")
+    """Mean of ``key`` over the rows that have it (NaN when none has: e.g. a baseline's stop rate)."""
+    vals = [r[key] for r in rows if r.get(key) is not None]
+    return float(np.mean(vals)) if vals else float("nan")
 
 
 def summarize(rows: Sequence[dict]) -> dict[str, Any]:
-    """Corpus metrics of one system's scored rows."""
+    """Corpus metrics of one system's scored rows (baselines have no likelihood: perplexity NaN)."""
     refs = [r["reference"] for r in rows]
     hyps = [r["output"] for r in rows]
-    n_tok = sum(r["n_tokens"] for r in rows)
-    nll = sum(r["nll_sum"] for r in rows)
+    n_tok = sum(r.get("n_tokens") or 0 for r in rows)
+    nll = sum(r.get("nll_sum") or 0.0 for r in rows)
     claims = sum(r["claims"] for r in rows)
-    return {
+    out = {
         "n": len(rows),
         "loss": nll / n_tok if n_tok else float("nan"),
         "perplexity": metrics.perplexity(nll, n_tok),
@@ -118,6 +151,7 @@ def summarize(rows: Sequence[dict]) -> dict[str, Any]:
         "rouge_l": _mean(rows, "rouge_l"),
         "bleu": metrics.bleu(refs, hyps),
         "chrf": metrics.chrf(refs, hyps),
+        "chrf_s": _mean(rows, "chrf_s"),
         "cosine": _mean(rows, "cosine"),
         "bertscore_p": _mean(rows, "bertscore_p"),
         "bertscore_r": _mean(rows, "bertscore_r"),
@@ -129,10 +163,21 @@ def summarize(rows: Sequence[dict]) -> dict[str, Any]:
         "claims": claims,
         "unsupported": sum(r["unsupported"] for r in rows),
         "unsupported_rate": sum(r["unsupported"] for r in rows) / claims if claims else 0.0,
+        "attributions": sum(r.get("attributions", 0) for r in rows),
+        "invented_attribution_rate": _mean(rows, "invented_attribution"),
         "mean_new_tokens": _mean(rows, "new_tokens"),
         "stopped_rate": _mean(rows, "stopped"),
-        "gen_seconds": float(sum(r["seconds"] for r in rows)),
+        "gen_seconds": float(sum(r.get("seconds") or 0.0 for r in rows)),
     }
+    out.update(diversity.collapse_summary(hyps))
+    return out
+
+
+def collapse_table(by_system: dict[str, list[dict]], references: Sequence[str]) -> dict[str, dict]:
+    """``{system | "reference": collapse_summary}``: the references show how varied real descriptions are."""
+    table = {s: diversity.collapse_summary([r["output"] for r in rows]) for s, rows in by_system.items()}
+    table["reference"] = diversity.collapse_summary(list(references))
+    return table
 
 
 def breakdowns(rows_by_system: dict[str, list[dict]]) -> dict[str, dict[str, dict[str, dict]]]:
@@ -191,15 +236,50 @@ def _md_breakdown(bd: dict[str, dict[str, dict]]) -> list[str]:
     return lines
 
 
+def _md_collapse(table: dict[str, dict]) -> str:
+    return _md_table(table, COLLAPSE_METRICS)
+
+
+def _md_compare(comparisons: list[dict]) -> str:
+    head = "| system | versus | " + " | ".join(COMPARE_METRICS) + " |"
+    lines = [head, "|---" * (len(COMPARE_METRICS) + 2) + "|"]
+    for c in comparisons:
+        cells = [compare.fmt_diff(c["metrics"].get(m)) for m in COMPARE_METRICS]
+        lines.append(f"| {c['system']} | {c['versus']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _md_split(title: str, part: dict) -> list[str]:
+    lines = [f"## {title}", "", _md_table(part["systems"]), ""]
+    if part.get("verdicts"):
+        lines += ["**Verdicts**", ""] + [f"- {v}" for v in part["verdicts"]] + [""]
+    if part.get("comparisons"):
+        lines += ["Differences from the reference system (paired bootstrap 95 % interval; n.s. = the "
+                  "interval contains 0, not significant):", "", _md_compare(part["comparisons"]), ""]
+    if part.get("collapse"):
+        lines += ["Collapse and diversity (outputs as a corpus; `reference` = the real descriptions):", "",
+                  _md_collapse(part["collapse"]), ""]
+    return lines
+
+
 def write_markdown(path: Path, report: dict) -> None:
-    """report.md: the per-system tables (test split and seen products), notes, breakdowns."""
+    """report.md: the per-system tables, intervals and collapse figures (test, seen, probes), notes, breakdowns."""
     lines = ["# catalogtune evaluation", ""]
     lines += [f"- {n}" for n in report.get("notes", [])] + [""]
-    lines += [f"## Test ({report.get('test_source', 'test split')})", "", _md_table(report["systems"]), ""]
+    lines += _md_split(f"Test ({report.get('test_source', 'test split')})", report)
     if report.get("seen", {}).get("systems"):
-        lines += ["## Seen products (training sample)", "", _md_table(report["seen"]["systems"]), ""]
+        lines += _md_split("Seen products (training sample)", report["seen"])
+    if report.get("probes", {}).get("systems"):
+        lines += _md_probes(report["probes"])
     lines += ["## Breakdowns (test)", ""] + _md_breakdown(report.get("breakdowns", {}))
     atomic_write_text(path, "\n".join(lines) + "\n")
+
+
+def _md_probes(probes: dict) -> list[str]:
+    cols = ("n", "book_blurb_share", "quote_style_share", "invented_attribution_rate", "top_opening_share")
+    return ["## Non-book probe titles (invented; no reference descriptions)", "",
+            "Share of outputs that read like a book blurb or a review quote for products that are not books:", "",
+            _md_table(probes["systems"], cols), ""]
 
 
 def plot_metrics(path: Path, report: dict) -> Path:
@@ -230,8 +310,23 @@ def plot_metrics(path: Path, report: dict) -> Path:
     return path
 
 
+def _html_split(h: Any, title: str, part: dict, systems_table: Callable) -> list[tuple[str, str]]:
+    sections = [(title, systems_table(part["systems"]))]
+    if part.get("verdicts"):
+        sections.append((f"{title}: verdicts", "".join(h.paragraph(v) for v in part["verdicts"])))
+    if part.get("comparisons"):
+        rows = [{"system": c["system"], "versus": c["versus"],
+                 **{m: compare.fmt_diff(c["metrics"].get(m)) for m in COMPARE_METRICS}} for c in part["comparisons"]]
+        sections.append((f"{title}: differences (paired bootstrap 95 % interval; n.s. = not significant)",
+                         h.table(rows, ["system", "versus", *COMPARE_METRICS])))
+    if part.get("collapse"):
+        rows = [{"system": s, **{c: m.get(c) for c in COLLAPSE_METRICS}} for s, m in part["collapse"].items()]
+        sections.append((f"{title}: collapse and diversity", h.table(rows, ["system", *COLLAPSE_METRICS])))
+    return sections
+
+
 def write_html(path: Path, report: dict, plot_png: Path | None) -> None:
-    """report.html: self-contained (plots inlined), tables, breakdowns and the samples table."""
+    """report.html: self-contained (plots inlined), tables, intervals, breakdowns and the samples table."""
     from catalogtune.core import htmlreport as h
 
     def systems_table(systems: dict[str, dict], cols: Sequence[str] = TABLE_METRICS) -> str:
@@ -239,9 +334,12 @@ def write_html(path: Path, report: dict, plot_png: Path | None) -> None:
                        ["system", *cols])
 
     sections = [("Notes", "".join(h.paragraph(n) for n in report.get("notes", [])) or h.paragraph("-"))]
-    sections.append((f"Test: {report.get('test_source', 'test split')}", systems_table(report["systems"])))
+    sections += _html_split(h, f"Test: {report.get('test_source', 'test split')}", report, systems_table)
     if report.get("seen", {}).get("systems"):
-        sections.append(("Seen products (training sample)", systems_table(report["seen"]["systems"])))
+        sections += _html_split(h, "Seen products (training sample)", report["seen"], systems_table)
+    if report.get("probes", {}).get("systems"):
+        cols = ("n", "book_blurb_share", "quote_style_share", "invented_attribution_rate", "top_opening_share")
+        sections.append(("Non-book probe titles (invented)", systems_table(report["probes"]["systems"], cols)))
     if plot_png is not None and plot_png.is_file():
         sections.append(("Plots", h.figure(plot_png, "Main metrics per system, test vs seen products")))
     for dim, groups in report.get("breakdowns", {}).items():

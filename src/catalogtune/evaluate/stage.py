@@ -2,7 +2,12 @@
 
 For each split (the test split or ``--test FILE``; a sample of the training split as "seen")
 and each system (``base``, ``finetuned``, ``base+rag``, ``finetuned+rag``) the model generates
-a description greedily and scores the reference description (loss, perplexity). Generations
+a description with the project's one decoding setting (``infer.generate.DECODING``, the same as
+``ask`` and the app) and scores the reference description (loss, perplexity). Two baselines
+run on the same records: ``title-copy`` (the title as the description) and ``retrieval-only``
+(the description of the nearest training record, the product itself excluded). Every system is
+compared with the base model (and the fine-tuned ones with the baselines) by a paired bootstrap;
+invented non-book titles (``probes``) check that a mug is not described as a book. Generations
 and scores are appended per batch to ``EVAL_DIR/cache/SPLIT__SYSTEM__FP.jsonl``; FP hashes the
 base model, the adapter (fine-tuned systems only), the prompt template and the generation
 settings, so a killed run resumes where it stopped, a changed setting starts afresh, and the base
@@ -23,11 +28,14 @@ from pathlib import Path
 from typing import Any, Callable
 
 from catalogtune.core import config
-
-from catalogtune.evaluate import report as eval_report
 from catalogtune.core.util import CatalogtuneError, atomic_write_json
+from catalogtune.evaluate import compare, probes
+from catalogtune.evaluate import report as eval_report
+from catalogtune.core.decoding import DECODING
 
-SYSTEMS = ("base", "finetuned", "base+rag", "finetuned+rag")
+MODEL_SYSTEMS = ("base", "finetuned", "base+rag", "finetuned+rag")
+BASELINES = ("title-copy", "retrieval-only")
+SYSTEMS = MODEL_SYSTEMS + BASELINES
 CACHE_VERSION = 1
 """Bumped when the cached record layout changes."""
 
@@ -48,15 +56,17 @@ class EvalConfig:
     """RAG index folder; without it the +rag systems are skipped."""
     test: Path | None = None
     """A raw records file evaluated instead of the test split (cleaned like prepare does)."""
-    limit: int = 50
-    """Test records evaluated (the first N)."""
+    split: str = "test"
+    """Prepared split evaluated: test (reports), or val (tuning choices: never tune on the test split)."""
+    limit: int | None = None
+    """Test records evaluated (the first N); empty = the whole test split."""
     seen_limit: int = 20
     """Training records sampled as seen products (0 = skip)."""
-    max_new_tokens: int = 160
+    max_new_tokens: int = DECODING.max_new_tokens
     """Most tokens generated per description."""
-    repetition_penalty: float = 1.2
+    repetition_penalty: float = DECODING.repetition_penalty
     """Greedy decoding's repetition penalty (1.0 = off), the same for every system."""
-    no_repeat_ngram_size: int = 3
+    no_repeat_ngram_size: int = DECODING.no_repeat_ngram_size
     """Forbid repeating any n-gram of this size (0 = off), the same for every system: greedy
     decoding of small models otherwise loops ("bespoke, bespoke, ...")."""
     batch_size: int = 16
@@ -68,7 +78,11 @@ class EvalConfig:
     seed: int = 0
     """Seed of the seen-products sample."""
     systems: list[str] = field(default_factory=lambda: list(SYSTEMS))
-    """Systems to compare (subset of base, finetuned, base+rag, finetuned+rag)."""
+    """Systems to compare (subset of base, finetuned, base+rag, finetuned+rag, title-copy, retrieval-only)."""
+    bootstrap: int = 1000
+    """Paired bootstrap resamples for the 95 % intervals of the differences (0 = none)."""
+    probes: bool = True
+    """Also answer the invented non-book titles (book-blurb and quote shares, no references)."""
     samples: int = 12
     """Rows in the samples table of report.html."""
     bf16: bool | None = None
@@ -81,11 +95,17 @@ class EvalConfig:
             raise ValueError("give --run or --model, not both (a run names its base model)")
         if self.run is None and self.model is None:
             raise ValueError("give --run RUN_DIR (or --model NAME to evaluate the base model only)")
-        for name in ("limit", "max_new_tokens", "batch_size", "k"):
+        for name in ("max_new_tokens", "batch_size", "k"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
+        if self.limit is not None and self.limit < 1:
+            raise ValueError("limit must be at least 1 (or empty for the whole test split)")
+        if self.bootstrap < 0:
+            raise ValueError("bootstrap may not be negative")
         if self.seen_limit < 0 or self.samples < 0:
             raise ValueError("seen_limit and samples may not be negative")
+        if self.split not in ("test", "val"):
+            raise ValueError(f"split must be test or val, not {self.split!r}")
         bad = [s for s in self.systems if s not in SYSTEMS]
         if bad or not self.systems:
             raise ValueError(f"unknown system(s) {bad or '(none)'}; known: {', '.join(SYSTEMS)}")
@@ -115,7 +135,7 @@ def load_test(cfg: EvalConfig) -> tuple[list[dict], str]:
         return list(clean_file(cfg.test))[: cfg.limit], f"file {cfg.test}"
     from catalogtune.data.io import read_split
 
-    return read_split(cfg.data, "test", limit=cfg.limit), f"test split of {cfg.data}"
+    return read_split(cfg.data, cfg.split, limit=cfg.limit), f"{cfg.split} split of {cfg.data}"
 
 
 def load_seen(cfg: EvalConfig) -> list[dict]:
@@ -232,9 +252,12 @@ def _fingerprint(cfg: EvalConfig, gen: Any, model_id: str, adapter: str | None, 
 
 def run_system(
     gen: Any, cache: Path, items: list[dict], contexts: dict[str, list[dict]] | None,
-    use_adapter: bool, cfg: EvalConfig, log: Callable[[str], None],
+    use_adapter: bool, cfg: EvalConfig, log: Callable[[str], None], score: bool = True,
 ) -> tuple[list[dict], int]:
-    """Generate and score ``items`` for one system, resuming from ``cache``; (rows, generated)."""
+    """Generate and score ``items`` for one system, resuming from ``cache``; (rows, generated).
+
+    ``score=False`` (probe titles, which have no reference) skips the likelihood.
+    """
     done = read_cache(cache)
 
     def fresh(it: dict) -> bool:
@@ -251,13 +274,15 @@ def run_system(
                             repetition_penalty=cfg.repetition_penalty,
                             no_repeat_ngram_size=cfg.no_repeat_ngram_size,
                             use_adapter=use_adapter, batch_size=cfg.batch_size)
-        scores = gen.score(prompts, [it["content"] for it in batch], use_adapter=use_adapter, batch_size=cfg.batch_size)
+        scores = (gen.score(prompts, [it["content"] for it in batch], use_adapter=use_adapter, batch_size=cfg.batch_size)
+                  if score else [(None, None)] * len(batch))
         recs = []
         for it, c, g, (nll, ntok) in zip(batch, ctx, gens, scores):
             stopped = g.stopped_at_eos if hasattr(g, "stopped_at_eos") else g.stopped == "eos"
             recs.append({"id": it["id"], "key": _item_key(it), "context_ids": [r["id"] for r in c] if c is not None else None,
                          "output": g.text, "new_tokens": int(g.new_tokens), "seconds": float(g.seconds),
-                         "stopped": bool(stopped), "nll_sum": float(nll), "n_tokens": int(ntok)})
+                         "stopped": bool(stopped), "nll_sum": None if nll is None else float(nll),
+                         "n_tokens": None if ntok is None else int(ntok)})
         append_cache(cache, recs)
         done.update({r["id"]: r for r in recs})
         log(f"{cache.name}: {min(start + cfg.batch_size, len(todo))}/{len(todo)} generated")
@@ -285,8 +310,73 @@ def _log(msg: str) -> None:
     print(msg, flush=True)  # progress shows at once even when stdout is a file
 
 
+def baseline_rows(system: str, items: list[dict], nearest: dict[str, list[dict]] | None) -> list[dict]:
+    """Rows of a baseline system: the title itself, or the nearest training record's description."""
+    rows = []
+    for it in items:
+        if system == "title-copy":
+            output, ctx = it["title"], None
+        else:
+            recs = (nearest or {}).get(it["id"], [])
+            output, ctx = (recs[0]["content"], [recs[0]["id"]]) if recs else ("", [])
+        rows.append({"id": it["id"], "key": _item_key(it), "context_ids": ctx, "output": output, "new_tokens": None,
+                     "seconds": 0.0, "stopped": None, "nll_sum": None, "n_tokens": None, "title": it["title"],
+                     "reference": it["content"], "bucket": eval_report.title_bucket(it["title"]),
+                     "category": eval_report.infer_category(it["title"], it["content"])})
+    return rows
+
+
+def _select_systems(cfg: EvalConfig, adapter: str | None, index: Any) -> tuple[list[str], dict[str, str]]:
+    skipped: dict[str, str] = {}
+    systems = []
+    for s in cfg.systems:
+        if s.startswith("finetuned") and adapter is None:
+            skipped[s] = "no adapter (base model only: --model)"
+        elif (s.endswith("+rag") or s == "retrieval-only") and index is None:
+            skipped[s] = "no --index given"
+        else:
+            systems.append(s)
+    return systems, skipped
+
+
+def _evaluate_split(cfg: EvalConfig, split: str, items: list[dict], systems: list[str], ctx: dict,
+                    log: Callable[[str], None]) -> tuple[dict, dict[str, list[dict]], dict | None, int]:
+    """Generate, score and summarise one split: (report part, rows by system, contexts, generations made)."""
+    gen, model_id, adapter, index = ctx["gen"], ctx["model_id"], ctx["adapter"], ctx["index"]
+    out = Path(cfg.out)
+    contexts = retrieve(index, items, cfg.k, exclude_self=split == "seen") if index and items else None
+    nearest = retrieve(index, items, 1, exclude_self=True) if index and items and "retrieval-only" in systems else None
+    # Claims are checked against the title and the same retrieved records for every system.
+    support = {i: [f"{r['title']} {r['content']}" for r in recs] for i, recs in (contexts or {}).items()}
+    by_system: dict[str, list[dict]] = {}
+    generated = 0
+    for s in systems if items else []:
+        if s in BASELINES:
+            rows = baseline_rows(s, items, nearest)
+        else:
+            fp = _fingerprint(cfg, gen, model_id, adapter, s)
+            cache = out / "cache" / f"{split}__{s.replace('+', '_')}__{fp}.jsonl"
+            rows, n_new = run_system(gen, cache, items, contexts if s.endswith("+rag") else None,
+                                     s.startswith("finetuned"), cfg, log, score=split != "probes")
+            generated += n_new
+        if split == "probes":
+            eval_report.add_probe_metrics(rows, support)
+        else:
+            eval_report.add_sample_metrics(rows, ctx["embed"], ctx["token_embed"], support)
+        by_system[s] = rows
+    if split == "probes":
+        part = {"systems": {s: eval_report.summarize_probes(r) for s, r in by_system.items()}, "n_items": len(items)}
+        return part, by_system, contexts, generated
+    comparisons = compare.all_comparisons(by_system, cfg.bootstrap, cfg.seed) if cfg.bootstrap and len(items) > 1 else []
+    part = {"systems": {s: eval_report.summarize(r) for s, r in by_system.items()},
+            "breakdowns": eval_report.breakdowns(by_system), "n_items": len(items),
+            "collapse": eval_report.collapse_table(by_system, [it["content"] for it in items]),
+            "comparisons": comparisons, "verdicts": compare.verdicts(comparisons, len(items))}
+    return part, by_system, contexts, generated
+
+
 def run(cfg: EvalConfig, log: Callable[[str], None] = _log) -> EvalResult:
-    """Evaluate the configured systems on the test and seen splits and write the reports."""
+    """Evaluate the configured systems on the test and seen splits (and the probes) and write the reports."""
     t0 = time.perf_counter()
     out = Path(cfg.out)
     check_inputs(cfg)
@@ -299,38 +389,25 @@ def run(cfg: EvalConfig, log: Callable[[str], None] = _log) -> EvalResult:
     if not test_items:
         raise CatalogtuneError(f"no test records to evaluate in {test_source}")
     splits = {"test": test_items, "seen": load_seen(cfg)}
+    if cfg.probes:
+        splits["probes"] = [{"id": f"probe-{i}", "title": t, "content": ""} for i, t in enumerate(probes.PROBE_TITLES)]
     gen, model_id, adapter = _open_generator(cfg)
-    skipped: dict[str, str] = {}
-    systems = []
-    for s in cfg.systems:
-        if s.startswith("finetuned") and adapter is None:
-            skipped[s] = "no adapter (base model only: --model)"
-        elif s.endswith("+rag") and index is None:
-            skipped[s] = "no --index given"
-        else:
-            systems.append(s)
+    systems, skipped = _select_systems(cfg, adapter, index)
     embed, token_embed = _embedders(cfg.embedder)
-    report: dict[str, Any] = {}
+    ctx = {"gen": gen, "model_id": model_id, "adapter": adapter, "index": index, "embed": embed,
+           "token_embed": token_embed}
+    report: dict[str, Any] = {"records": {}}
     generated = 0
     for split, items in splits.items():
-        contexts = retrieve(index, items, cfg.k, exclude_self=split == "seen") if index and items else None
-        # Claims are checked against the title and the same retrieved records for every system.
-        support = {i: [f"{r['title']} {r['content']}" for r in recs] for i, recs in (contexts or {}).items()}
-        by_system: dict[str, list[dict]] = {}
-        for s in systems if items else []:
-            cache = out / "cache" / f"{split}__{s.replace('+', '_')}__{_fingerprint(cfg, gen, model_id, adapter, s)}.jsonl"
-            rows, n_new = run_system(gen, cache, items, contexts if s.endswith("+rag") else None,
-                                     s.startswith("finetuned"), cfg, log)
-            generated += n_new
-            eval_report.add_sample_metrics(rows, embed, token_embed, support)
-            by_system[s] = rows
-        part = {"systems": {s: eval_report.summarize(r) for s, r in by_system.items()},
-                "breakdowns": eval_report.breakdowns(by_system), "n_items": len(items)}
+        part, by_system, contexts, n_new = _evaluate_split(
+            cfg, split, items, [s for s in systems if split != "probes" or s in MODEL_SYSTEMS], ctx, log)
+        generated += n_new
+        report["records"][split] = _records(items, by_system, contexts)
         if split == "test":
             report.update(part)
-            report["samples"] = _samples(items[: cfg.samples], by_system, contexts)
+            report["samples"] = report["records"]["test"][: cfg.samples]
         else:
-            report["seen"] = part
+            report[split] = part
     report.update(
         test_source=test_source, model=model_id, adapter=adapter, skipped=skipped,
         config=config.to_dict(cfg), notes=_notes(cfg, skipped, model_id, test_source),
@@ -344,16 +421,20 @@ def run(cfg: EvalConfig, log: Callable[[str], None] = _log) -> EvalResult:
     return EvalResult(out=out, report=report, generated=generated, wall_s=time.perf_counter() - t0)
 
 
-def _samples(items: list[dict], by_system: dict[str, list[dict]], contexts: dict | None) -> list[dict]:
+def _records(items: list[dict], by_system: dict[str, list[dict]], contexts: dict | None) -> list[dict]:
+    """Every item with every system's output (report.json keeps them all, so anyone can re-score)."""
     outputs = {s: {r["id"]: r["output"] for r in rows} for s, rows in by_system.items()}
     return [{"id": it["id"], "title": it["title"], "reference": it["content"],
              "outputs": {s: o.get(it["id"], "") for s, o in outputs.items()},
-             "references": [{"title": r["title"], "score": r["score"]} for r in (contexts or {}).get(it["id"], [])]}
+             "references": [{"id": r["id"], "title": r["title"], "score": r["score"]}
+                            for r in (contexts or {}).get(it["id"], [])]}
             for it in items]
 
 
 def _notes(cfg: EvalConfig, skipped: dict[str, str], model_id: str, source: str) -> list[str]:
-    notes = [f"Base model {model_id}; greedy decoding, at most {cfg.max_new_tokens} new tokens; test: {source}."]
+    notes = [f"Base model {model_id}; greedy decoding with repetition penalty {cfg.repetition_penalty} and no repeated "
+             f"{cfg.no_repeat_ngram_size}-grams for every system (as ask and the app), at most {cfg.max_new_tokens} new "
+             f"tokens; test: {source}."]
     notes += [f"System {s} skipped: {why}." for s, why in skipped.items()]
     notes += [
         "Perplexity: exp(total NLL / total tokens) of the reference description (plus end token) after each system's prompt.",
@@ -363,6 +444,15 @@ def _notes(cfg: EvalConfig, skipped: dict[str, str], model_id: str, source: str)
         f"nor in the top-{cfg.k} retrieved records (same records for every system; title only without an index).",
         "Seen products: a seeded sample of the training split; their own record is removed from what RAG retrieves.",
         "Categories are inferred from keywords in title and reference (books, music, movies, clothing, toys, other).",
+        "Baselines: title-copy answers with the title; retrieval-only with the description of the nearest training "
+        "record (never the product itself). They have no likelihood, so no perplexity.",
+        f"Differences carry paired bootstrap 95 % intervals ({cfg.bootstrap} seeded resamples of the items); 'n.s.' "
+        "marks an interval that contains 0. chrf_s is the mean sentence chrF.",
+        "Collapse: top_opening_share is the share of outputs that open with the most frequent opening 3-gram; "
+        "quote_style_share the share that open like a review quote; self_bleu the mean BLEU of each output against "
+        "the others (high = the outputs repeat each other). The reference row gives the real descriptions' figures.",
+        "Invented attributions: quoted sources, publications or people named in an output that are in neither the "
+        "title nor the retrieved records (share of outputs with at least one).",
     ]
     return notes
 

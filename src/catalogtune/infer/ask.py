@@ -19,6 +19,7 @@ from typing import Any
 from catalogtune.core import config
 from catalogtune.core.prompt import clean_title
 from catalogtune.core.util import CatalogtuneError
+from catalogtune.core.decoding import DECODING
 
 MAX_K = 20
 """Most references one question may show (and put in a RAG prompt)."""
@@ -42,7 +43,7 @@ class AskConfig:
     """Put the retrieved records in the prompt (needs --index)."""
     k: int = 5
     """How many training records to retrieve."""
-    max_new_tokens: int = 160
+    max_new_tokens: int = DECODING.max_new_tokens
     """Most tokens to generate (hard-capped by the generator)."""
     json: bool = False
     """Print one JSON object instead of text."""
@@ -75,10 +76,12 @@ def ask(
     base: bool = False,
     rag: bool = False,
     k: int = 5,
-    max_new_tokens: int = 160,
+    max_new_tokens: int = DECODING.max_new_tokens,
     **gen_kwargs: Any,
 ) -> dict[str, Any]:
     """Answer one title: references from ``index`` (if any), then one generation.
+
+    Decoding is ``DECODING`` (the same as ``evaluate`` and the app) unless ``gen_kwargs`` override it.
 
     ``index`` is anything with ``query([text], k) -> [[{"id","title","content","score"}]]``.
     Returns ``{"output", "references": [{"id","title","score"}], "system", "stopped",
@@ -94,7 +97,8 @@ def ask(
         (records,) = index.query([title], k)
     use_adapter = not base and bool(getattr(generator, "has_adapter", True))
     prompt = generator.prompt(title, context=records if rag else None)
-    (gen,) = generator.generate([prompt], max_new_tokens=max_new_tokens, use_adapter=use_adapter, **gen_kwargs)
+    (gen,) = generator.generate([prompt], use_adapter=use_adapter,
+                                **DECODING.kwargs(max_new_tokens=max_new_tokens, **gen_kwargs))
     system = ("finetuned" if use_adapter else "base") + ("+rag" if rag else "")
     return {
         "output": gen.text,

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from catalogtune.core import prompt as prompt_mod
+from catalogtune.core.decoding import DECODING, Decoding  # noqa: F401  (re-exported)
 from catalogtune.core.util import CatalogtuneError
 
 MAX_NEW_TOKENS = 1024

@@ -92,7 +92,8 @@ def tokenize(records: Sequence[dict], tok: Any, max_length: int) -> Tokenized:
             skipped["empty_content"] = skipped.get("empty_content", 0) + 1
             continue
         try:
-            prompts.append(build_prompt(tok, title if isinstance(title, str) else ""))
+            # retrieval-aware examples carry their references (train.retrieval): the inference layout
+            prompts.append(build_prompt(tok, title if isinstance(title, str) else "", context=rec.get("context")))
         except CatalogtuneError:
             skipped["bad_title"] = skipped.get("bad_title", 0) + 1
             continue

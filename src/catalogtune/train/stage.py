@@ -95,6 +95,14 @@ class TrainConfig:
     """Under bf16: frozen weights in bf16; on CPU also matmul attention, fused LoRA q/k/v and gate/up, fast RMS norms and LoRA dropout (train_fast)."""
     merge: bool = False
     """Also write RUN_DIR/merged/: the base model with the adapter merged in."""
+    rag_index: Path | None = None
+    """RAG index of the training split: a share of the prompts get retrieved records, as at inference (retrieval-aware fine-tuning)."""
+    rag_k: int = 3
+    """Records put in a retrieval-aware prompt (the product itself excluded)."""
+    rag_share: float = 0.5
+    """Share of training and validation examples whose prompt holds retrieved records (the rest: the title alone)."""
+    rag_noise: float = 0.25
+    """Chance that each retrieved record is swapped for a random one, so the model learns to ignore irrelevant references."""
     resume: bool = False
     """Continue from the last checkpoint in RUN_DIR."""
     overwrite: bool = False
@@ -128,6 +136,10 @@ class TrainConfig:
             raise ValueError(f"backend must be torch or unsloth (got {self.backend!r})")
         if not self.target_modules:
             raise ValueError("target_modules may not be empty")
+        if self.rag_index is not None:
+            self.rag_index = Path(self.rag_index)
+        if self.rag_k < 1 or not 0 <= self.rag_share <= 1 or not 0 <= self.rag_noise <= 1:
+            raise ValueError("rag_k must be positive; rag_share and rag_noise in [0, 1]")
 
 
 @dataclass
@@ -177,6 +189,12 @@ def run(cfg: TrainConfig, *, callback: Any = None) -> TrainResult:
     train_rows = read_split(cfg.data, "train", limit=cfg.max_samples)
     val_rows = read_split(cfg.data, "val", limit=cfg.max_val_samples) if cfg.eval_every > 0 else []
     _check_run_dir(cfg)
+    if cfg.rag_index is not None:
+        from catalogtune.train.retrieval import add_retrieval
+
+        stats = add_retrieval(cfg, train_rows, val_rows)
+        print(f"retrieval-aware: {stats['train']['with_context']}/{len(train_rows)} training and "
+              f"{stats['val']['with_context']}/{len(val_rows)} validation prompts hold {cfg.rag_k} records", flush=True)
     summary = train(cfg, train_rows, val_rows, callback=callback)
     return TrainResult(cfg.out, summary)
 
