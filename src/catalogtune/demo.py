@@ -45,6 +45,8 @@ class DemoConfig:
     """Share of title groups in the validation split (early stopping, tuning)."""
     test_fraction: float = 0.15
     """Share of title groups in the test split (reported, never tuned on)."""
+    drop_kinds: list[str] = field(default_factory=lambda: ["reviews"])
+    """Description kinds left out of the training split (prepare --drop-kinds); val/test keep them."""
     retrieval_training: bool = True
     """Train retrieval-aware: half of the training prompts hold 3 retrieved records (train --rag-index)."""
     max_new_tokens: int = 128
@@ -129,7 +131,8 @@ def run(cfg: DemoConfig) -> DemoResult:
     res = DemoResult(out=out)
     d = {k: out / k for k in ("prep", "eda", "index", "run", "eval")}
 
-    prep_kw = dict(inputs=data, out=d["prep"], val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction)
+    prep_kw = dict(inputs=data, out=d["prep"], val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction,
+                   drop_kinds=cfg.drop_kinds)
     fp = _stage(res, "prepare", d["prep"], _fingerprint("prep", [_file_sig(p) for p in data], prep_kw), cfg.force,
                 lambda: prepare.run(prepare.PrepareConfig(**prep_kw)))
     prep_fp = fp
@@ -146,8 +149,8 @@ def run(cfg: DemoConfig) -> DemoResult:
            cfg.force, lambda: evaluate.run(config.build(evaluate.EvalConfig, model=cfg.model, **eval_common)))
     train_kw: dict[str, Any] = dict(data=d["prep"], out=d["run"], model=cfg.model, max_steps=cfg.max_steps)
     if cfg.retrieval_training:
-        # references in half of the prompts need room: about 330 prompt tokens with 3 records
-        train_kw.update(rag_index=d["index"], max_length=512)
+        # references in half of the prompts need room: about 290 prompt tokens with 3 records
+        train_kw.update(rag_index=d["index"], max_length=448)
     preset = cfg.train_config
     train_fp = _stage(res, "train", d["run"], _fingerprint("train", prep_fp, index_fp, train_kw, str(preset)), cfg.force,
                       lambda: train.run(_train_config(train, preset, train_kw)))

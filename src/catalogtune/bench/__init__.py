@@ -11,6 +11,7 @@ BENCHES: dict[str, tuple[str, str]] = {
     "train": ("catalogtune.bench.train", "LoRA training tokens/s vs TRL SFTTrainer and a bf16 matmul ceiling"),
     "generate": ("catalogtune.bench.generate", "batched generation vs one prompt at a time"),
     "retrieve": ("catalogtune.bench.retrieve", "retrieval latency and recall@10 vs exact search"),
+    "serve": ("catalogtune.bench.serve", "loopback load test of `catalogtune serve`: requests/s, p50/p95 at 1/4/16 clients"),
 }
 
 
