@@ -20,6 +20,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "index": ("catalogtune.rag.index", "build the ChromaDB reference index of the training split"),
     "ask": ("catalogtune.infer.ask", "generate a description for a title, with its references"),
     "evaluate": ("catalogtune.evaluate.stage", "before/after and fine-tuning vs RAG evaluation"),
+    "export": ("catalogtune.infer.export", "export a run as merged safetensors, GGUF or an Ollama Modelfile"),
+    "serve": ("catalogtune.infer.serve", "OpenAI-compatible HTTP server for the base and fine-tuned model"),
     "demo": ("catalogtune.demo", "run the whole pipeline on real data and summarise it"),
     "app": ("catalogtune.app", "start the Streamlit app (127.0.0.1 by default)"),
     "bench": ("catalogtune.bench", "benchmarks: prepare, train, generate, retrieve"),
