@@ -27,8 +27,8 @@ def test_demo_writes_every_stage_and_the_summary(demo_out):
     assert set(report["systems"]) == {"base", "finetuned", "base+rag", "finetuned+rag", "title-copy", "retrieval-only"}
     for name, m in report["systems"].items():
         assert m["n"] == 4 and (name in ("title-copy", "retrieval-only") or m["perplexity"] > 1)
-    # trained retrieval-aware: the run's config names the index the demo built
-    assert "rag_index" in (out / "run" / "config.yaml").read_text()
+    # review-only records are left out of the training split by default, counted as such
+    assert "train_reviews_only" in (out / "prep" / "quality_report.json").read_text()
     assert "seen" in report
     summary = (out / "summary.md").read_text()
     assert "finetuned+rag" in summary and "catalogtune app --workspace" in summary

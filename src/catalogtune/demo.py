@@ -47,8 +47,9 @@ class DemoConfig:
     """Share of title groups in the test split (reported, never tuned on)."""
     drop_kinds: list[str] = field(default_factory=lambda: ["reviews"])
     """Description kinds left out of the training split (prepare --drop-kinds); val/test keep them."""
-    retrieval_training: bool = True
-    """Train retrieval-aware: half of the training prompts hold 3 retrieved records (train --rag-index)."""
+    retrieval_training: bool = False
+    """Train retrieval-aware (train --rag-index). Off: on the validation split it did not make RAG help
+    (fine-tuned + RAG still lost to fine-tuned on ROUGE-L) and it lowered cosine (0.380 -> 0.360)."""
     max_new_tokens: int = 128
     """Generation budget per description (the sample's median description is ~100 tokens)."""
     embedder: str = "minilm"
