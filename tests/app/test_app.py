@@ -341,7 +341,7 @@ def test_compare_page_with_fake_generator(ws, monkeypatch):
     at.checkbox(key="cmp_rag").uncheck()
     at.button[0].click().run()
     assert not _errors(at), _errors(at)
-    shown = " ".join(m.value for m in at.markdown)
+    shown = " ".join(m.value for m in at.text)  # model outputs are plain text, never Markdown
     assert "base: Blue Guitar Strings|0" in shown and "tuned: Blue Guitar Strings|0" in shown
     # the page decodes exactly as `evaluate` and `ask` do (the app once looped without a penalty)
     from catalogtune.core.decoding import DECODING
@@ -350,7 +350,7 @@ def test_compare_page_with_fake_generator(ws, monkeypatch):
     loads = _FakeGen.loads
     at.text_input(key="cmp_title").input("Red Kettle")
     at.button[0].click().run()
-    assert "tuned: Red Kettle|0" in " ".join(m.value for m in at.markdown)
+    assert "tuned: Red Kettle|0" in " ".join(m.value for m in at.text)
     assert _FakeGen.loads == loads  # the model stayed loaded between questions
 
 

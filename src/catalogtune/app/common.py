@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import threading
 from pathlib import Path
 from typing import Any, Iterator
@@ -17,6 +18,7 @@ MAX_INPUT_CHARS = 5000
 """Longer text in a title box is refused outright (titles are cut to 300 characters anyway)."""
 
 _ENV_LOCK = threading.Lock()
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 
 
 def workspace() -> Workspace:
@@ -58,7 +60,24 @@ def guard() -> Iterator[None]:
     try:
         yield
     except CatalogtuneError as exc:
-        st.error(str(exc))
+        st.error(md_escape(str(exc)))  # messages quote user input (paths, titles)
+
+
+_MD_SPECIAL = re.compile(r"([!-/:-@\[-`{-~])")
+"""Every ASCII punctuation character: CommonMark lets each be escaped with a backslash."""
+
+
+def md_escape(text: Any) -> str:
+    """``text`` for ``st.markdown``/``st.error``, shown as written: no link, image, HTML,
+    emphasis, heading, math or colour directive can come out of it; invisible characters go."""
+    return _MD_SPECIAL.sub(r"\\\1", plain(text))
+
+
+def plain(text: Any) -> str:
+    """Data or model text for display: bidi/invisible and control characters removed."""
+    from catalogtune.core.prompt import strip_invisible
+
+    return _CONTROL.sub(" ", strip_invisible(str(text)))
 
 
 def json_or_none(path: Path) -> Any:

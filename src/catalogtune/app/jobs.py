@@ -5,7 +5,8 @@ page and the app. Its record (pid, process start time, argv, log) lives in
 ``WORKSPACE/.jobs/KEY.json``; a start takes an ``fcntl`` lock on ``KEY.lock`` around
 "is one alive? no -> spawn -> write record", so two concurrent starts of one target cannot both
 win. Records sit outside the target folder because stages may swap their output folder
-atomically.
+atomically. A training run also holds ``RUN/.lock`` for its whole life (``core.locks``, the
+same lock the CLI takes), so a run started from a terminal counts as running here too.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
+from catalogtune.core.locks import LOCK_NAME, lock_holder
 from catalogtune.core.util import CatalogtuneError, atomic_write_json, read_json
 
 DEFAULT_WORKSPACE = "demo-out"
@@ -202,10 +204,13 @@ def _tail(path: Path, nbytes: int = LOG_TAIL_BYTES) -> str:
 
 
 def _running_pid(ws: Workspace, target: Path) -> int | None:
-    """The pid of a live job on ``target``: ours (record) or one started elsewhere (progress.json)."""
+    """The pid of a live job on ``target``: ours (record) or one started elsewhere (its lock, progress.json)."""
     rec = _record(ws, ws.job_key(target))
     if rec and pid_alive(rec.get("pid"), rec.get("start_time")):
         return int(rec["pid"])
+    holder = lock_holder(target / LOCK_NAME)
+    if holder is not None and holder > 0:
+        return holder
     prog = _progress(target)
     if prog.get("state") == "running" and isinstance(prog.get("pid"), int) and pid_alive(prog["pid"]):
         return int(prog["pid"])

@@ -90,12 +90,15 @@ def _show(result: dict[str, Any]) -> None:
     import streamlit as st
 
     rag = " + RAG" if result["rag"] else ""
-    st.markdown(f"**{result['title']}**  \nrun `{result['run']}`")
+    # The title is the user's and the outputs are the model's: escaped or plain text, never
+    # Markdown (a title "![x](http://host/pixel.png)" would load an image, "[a](javascript:...)"
+    # in an output would be a link).
+    st.markdown(f"**{common.md_escape(result['title'])}**  \nrun {common.md_escape(result['run'])}")
     cols = st.columns(2)
     for col, (label, out) in zip(cols, result["outputs"].items()):
         with col:
             st.subheader(f"{label}{rag}")
-            st.write(out["text"] or "(empty output)")
+            st.text(common.plain(out["text"]) or "(empty output)")
             end = "stopped at the end token" if out["stopped"] else "hit the token limit"
             st.caption(f"{out['new_tokens']} tokens in {out['seconds']:.2f} s; {end}")
     if result["refs"]:
@@ -133,10 +136,10 @@ def render() -> None:
                                                        tok=common.token())
         except CatalogtuneError as exc:
             st.session_state.pop(RESULT_KEY, None)
-            st.error(str(exc))
+            st.error(common.md_escape(str(exc)))
         except Exception as exc:  # a broken run folder must not take the page down
             st.session_state.pop(RESULT_KEY, None)
             first = str(exc).splitlines()[0] if str(exc) else ""
-            st.error(f"could not generate with {run_text!r}: {type(exc).__name__}: {first}")
+            st.error(common.md_escape(f"could not generate with {run_text!r}: {type(exc).__name__}: {first}"))
     if RESULT_KEY in st.session_state:
         _show(st.session_state[RESULT_KEY])

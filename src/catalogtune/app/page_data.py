@@ -53,7 +53,7 @@ def show_report(obj: Any, title: str) -> None:
     if scalars:
         st.dataframe([{"key": k, "value": str(v)} for k, v in scalars.items()], hide_index=True)
     for key, value in nested.items():
-        st.markdown(f"**{key.replace('_', ' ')}**")
+        st.markdown(f"**{common.md_escape(key.replace('_', ' '))}**")
         if isinstance(value, dict) and all(not isinstance(v, (dict, list)) for v in value.values()):
             st.dataframe([{"item": k, "value": v} for k, v in value.items()], hide_index=True)
         else:
@@ -89,7 +89,7 @@ def _key_stats(stats: dict[str, Any]) -> None:
         st.markdown("**Lengths after cleaning**")
         st.dataframe(rows, hide_index=True)
     for note in stats.get("notes") or [] if isinstance(stats.get("notes"), list) else []:
-        st.markdown(f"- {note}")
+        st.markdown(f"- {common.md_escape(note)}")  # notes quote file names and errors
 
 
 def _splits(ws) -> None:
@@ -159,7 +159,8 @@ def _quality_view(report: dict[str, Any]) -> None:
                                         ("dropped", "dropped_total"), ("malformed", "malformed_total")]):
         v = report.get(key)
         col.metric(label, f"{v:,}" if isinstance(v, int) else "-")
-    for title, key in (("Why records were dropped", "dropped"), ("Malformed input lines", "malformed")):
+    for title, key in (("Why records were dropped", "dropped"), ("Malformed input lines", "malformed"),
+                       ("Kept records changed by cleaning", "cleaned")):
         rows = drop_rows(report, key)
         st.markdown(f"**{title}**")
         if rows:

@@ -107,7 +107,8 @@ def _report(ws: jobs.Workspace) -> None:
     md = ws.eval / "report.md"
     if md.is_file():
         with st.expander("report.md"):
-            st.markdown(md.read_text(encoding="utf-8", errors="replace"))
+            # as source, not rendered: it quotes titles, paths and notes (the tables are above)
+            st.code(common.plain(md.read_text(encoding="utf-8", errors="replace")), language="markdown")
 
 
 def _status_panel(ws: jobs.Workspace) -> None:

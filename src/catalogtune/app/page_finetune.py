@@ -153,7 +153,7 @@ def _status_panel(ws: jobs.Workspace, run_dir: Path, settings: dict[str, Any]) -
     status = jobs.status(ws, run_dir)
     prog = status.progress
     label = "no job started from here yet" if status.state == "none" else status.state
-    st.markdown(f"**{ws.rel(run_dir)}**: {label}" + (f" (pid {status.pid})" if status.alive else ""))
+    st.markdown(f"**{common.md_escape(ws.rel(run_dir))}**: {label}" + (f" (pid {status.pid})" if status.alive else ""))
     step, total = prog.get("step"), prog.get("total_steps")
     if isinstance(step, (int, float)) and isinstance(total, (int, float)) and total > 0:
         st.progress(min(1.0, max(0.0, step / total)), text=f"step {int(step)} / {int(total)}")
@@ -211,7 +211,7 @@ def render() -> None:
     try:
         run_dir = check_run_dir(ws, ws.resolve(run_text, what="run folder"))
     except CatalogtuneError as exc:
-        st.error(str(exc))
+        st.error(common.md_escape(str(exc)))  # it quotes the typed path
         return
     if started:
         with common.guard():

@@ -15,7 +15,10 @@ import re
 import unicodedata
 import zlib
 
-# Drop reasons, in the order they are checked (the first match wins).
+from catalogtune.core.prompt import has_invisible, neutralise, strip_invisible  # noqa: F401 (re-exported)
+
+# Drop reasons, checked in the order of drop_reason (the first match wins). Their positions in
+# REASONS are the codes workers send: a new reason goes at the end.
 EMPTY_TITLE = "empty_title"
 EMPTY_CONTENT = "empty_content"
 PLACEHOLDER = "placeholder"
@@ -30,8 +33,18 @@ TRAIN_REVIEWS_ONLY = "train_reviews_only"
 TRAIN_BOILERPLATE_ONLY = "train_boilerplate_only"
 TRAIN_AUTHOR_BIO_ONLY = "train_author_bio_only"
 KIND_REASONS = {"reviews": TRAIN_REVIEWS_ONLY, "boilerplate": TRAIN_BOILERPLATE_ONLY, "author_bio": TRAIN_AUTHOR_BIO_ONLY}
+TITLE_TOO_LONG = "title_too_long"
 REASONS = (EMPTY_TITLE, EMPTY_CONTENT, PLACEHOLDER, TOO_SHORT, TITLE_ECHO, NOT_ENGLISH,
-           DUPLICATE_EXACT, DUPLICATE_TITLE, TRAIN_REVIEWS_ONLY, TRAIN_BOILERPLATE_ONLY, TRAIN_AUTHOR_BIO_ONLY)
+           DUPLICATE_EXACT, DUPLICATE_TITLE, TRAIN_REVIEWS_ONLY, TRAIN_BOILERPLATE_ONLY, TRAIN_AUTHOR_BIO_ONLY,
+           TITLE_TOO_LONG)
+MAX_TITLE_CHARS = 1000
+"""A longer cleaned title is dropped (title_too_long): the longest real one has 1,999 characters of
+keyword spam, and every consumer (prompts 300, index 1,000) cuts titles anyway."""
+MAX_CONTENT_CHARS = 20_000
+"""A longer cleaned description is cut at a sentence (else word) boundary and kept; counted as
+``content_truncated`` in the quality report. Consumers read at most its first 2,000 characters."""
+MAX_PASSES = 8
+"""Cleaning repeats until nothing changes (at most this often): see clean_text."""
 
 _TAG = re.compile(r"</?([A-Za-z][A-Za-z0-9]*)(?:\s[^<>]{0,300})?/?>")
 # inline tags sit inside words or before punctuation ("<b>value</b>,"): removed without a space
@@ -129,31 +142,75 @@ def _unescape(text: str) -> str:
     return html.unescape(text) if "&" in text else text
 
 
-def clean_text(text: str) -> str:
-    """Unescape HTML, remove tags, boilerplate and control characters, normalise whitespace."""
+def _clean_once(text: str) -> str:
     if "&" in text:
         text = _unescape(text)
+    if not text.isascii():
+        text = strip_invisible(text)  # before the tag rules: "<\u202eb>" is a tag once it is gone
     if "<" in text:
-        text = _TAG.sub(_tag_space, text)
+        text = neutralise(_TAG.sub(_tag_space, text))
     if "This text refers" in text:
         text = _strip_refers(text)
     if "Copyright" in text:
         text = _COPYRIGHT.sub(" ", text)
-    text = _unglue(text)
+    if not text.isascii():
+        # after every removal (which can bring a letter and its accent together) and before
+        # _unglue, which looks at the letters before a full stop
+        text = unicodedata.normalize("NFC", text)
+    return _spaces(_unglue(text))
+
+
+_AGAIN = re.compile(r"&[#A-Za-z0-9]|<[A-Za-z/|!?]|This text refers|Copyright")
+"""What a second cleaning pass could still act on: an entity, a tag or special token, boilerplate."""
+
+
+def _may_change(text: str) -> bool:
+    # substring tests first: they are memchr-fast, the regex scans the whole text
+    return ("&" in text or "<" in text or "This text" in text or "Copyright" in text) and bool(_AGAIN.search(text))
+
+
+def clean_text(text: str) -> str:
+    """Unescape HTML, remove tags, boilerplate, invisible and control characters, normalise whitespace.
+
+    Idempotent: removing one thing can join its neighbours into another (``<<b>b>``,
+    ``&<i>amp;``), so a changed text is cleaned again until it is stable.
+    """
+    out, passes = _clean_once(text), 1
+    while out != text and passes < MAX_PASSES and _may_change(out):
+        text, out, passes = out, _clean_once(out), passes + 1
+    return out
+
+
+def _title_once(text: str) -> str:
+    if "&" in text:
+        text = _unescape(text)
+    if not text.isascii():
+        text = strip_invisible(text)
+    if "<" in text:
+        text = neutralise(_TAG.sub(_tag_space, text))
     if not text.isascii():
         text = unicodedata.normalize("NFC", text)
     return _spaces(text)
 
 
 def clean_title(text: str) -> str:
-    """Clean a title: entities, tags, control characters and whitespace (no boilerplate rules)."""
-    if "&" in text:
-        text = _unescape(text)
-    if "<" in text:
-        text = _TAG.sub(_tag_space, text)
-    if not text.isascii():
-        text = unicodedata.normalize("NFC", text)
-    return _spaces(text)
+    """Clean a title: entities, tags, invisible and control characters, whitespace (no boilerplate rules)."""
+    out, passes = _title_once(text), 1
+    while out != text and passes < MAX_PASSES and _may_change(out):
+        text, out, passes = out, _title_once(out), passes + 1
+    return out
+
+
+def cut_content(text: str, limit: int = MAX_CONTENT_CHARS) -> str:
+    """``text`` cut to at most ``limit`` characters at the last sentence end, else the last space."""
+    if len(text) <= limit:
+        return text
+    head = text[: limit + 1]
+    end = max(head.rfind(". ", 0, limit), head.rfind("! ", 0, limit), head.rfind("? ", 0, limit))
+    if end >= limit // 2:
+        return head[: end + 1]
+    space = head.rfind(" ", 0, limit + 1)
+    return head[:space].rstrip() if space >= limit // 2 else text[:limit]
 
 
 def norm_key(text: str) -> str:
@@ -309,6 +366,8 @@ def drop_reason(title: str, raw_content: str, content: str, min_content_chars: i
     """
     if not title:
         return EMPTY_TITLE
+    if len(title) > MAX_TITLE_CHARS:
+        return TITLE_TOO_LONG
     if not raw_content.strip():
         return EMPTY_CONTENT
     if not content or (len(content) < 120 and is_placeholder(content.lower())):

@@ -53,6 +53,7 @@ class Collector:
         self.bad_utf8_lines: list[dict] = []
         self.splits = [0, 0, 0]
         self.paths: list[str] = []
+        self.cleaned: Counter[str] = Counter()
 
     @property
     def full(self) -> bool:
@@ -65,6 +66,9 @@ class Collector:
         k = n if self.limit is None else max(0, min(n, self.limit - self.items))
         status = res.status[:k]
         self._dedup(res, k, status)
+        # kept records whose text cleaning changed in a way the report names
+        for name, items in (("content_truncated", res.truncated), ("invisible_removed", res.invisible)):
+            self.cleaned[name] += sum(1 for i in items if i < k and status[i] == CANDIDATE)
         for code in set(status):
             self.codes[code] += status.count(code)
         self.items += k

@@ -21,6 +21,7 @@ from typing import Any, Iterable, Iterator
 
 from catalogtune.core import config
 from catalogtune.data.io import SPLITS, SourceInfo, check_readable, detect_format, iter_chunks, prefetch
+from catalogtune.core.locks import folder_lock
 from catalogtune.core.util import CatalogtuneError, atomic_dir, atomic_write_json, peak_rss_mb
 
 OUTPUT_FILES = {f"{s}.parquet" for s in SPLITS} | {"quality_report.json", "raw_lengths.parquet", "config.yaml"}
@@ -116,6 +117,7 @@ def _results(chunks: Iterable[Any], opts: Any, workers: int, chunk_bytes: int) -
     Line chunks travel through a ring of shared-memory slots (one copy each way) rather than
     being pickled through a pipe (four copies of every input byte).
     """
+    from catalogtune.data import records
     from catalogtune.data.records import process_chunk
 
     if workers == 0:
@@ -138,7 +140,8 @@ def _results(chunks: Iterable[Any], opts: Any, workers: int, chunk_bytes: int) -
     # fork is cheapest, but forking a process that runs other threads (the app) can deadlock
     methods = multiprocessing.get_all_start_methods()
     method = "fork" if "fork" in methods and threading.active_count() == 1 else "spawn"
-    ex = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context(method))
+    ex = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context(method),
+                             initializer=records.die_with_parent, initargs=(os.getpid(),))
     reader = prefetch(chunks, 2)  # its thread starts on the first next()
     in_flight = 2 * workers  # at most 2 chunks per worker queued: bounded memory, no idle worker
     slots, slot_bytes = in_flight + 2, 2 * chunk_bytes
@@ -248,6 +251,9 @@ def _report(cfg: PrepareConfig, infos: list[SourceInfo], col: Any, wall: float,
         "invalid_utf8_lines": col.bad_utf8,
         "invalid_utf8_examples": col.bad_utf8_lines,
         "blank_lines": col.blank,
+        # kept records changed by a cleaning rule worth knowing: a description cut to
+        # clean.MAX_CONTENT_CHARS, bidi/invisible characters removed from the title or description
+        "cleaned": {k: col.cleaned.get(k, 0) for k in ("content_truncated", "invisible_removed")},
         "splits": dict(zip(SPLITS, col.splits)),
         # kept descriptions by kind (data.kinds), per split: how much of the catalogue is only
         # review quotes, boilerplate or an author biography
@@ -303,15 +309,10 @@ def _umask_modes(folder: Path) -> None:
         os.chmod(p, 0o666 & ~mask)
 
 
-def run(cfg: PrepareConfig) -> PrepareResult:
-    """Prepare ``cfg.inputs`` into ``cfg.out`` (splits, raw lengths, quality report, config)."""
+def _write(cfg: PrepareConfig, infos: list[SourceInfo], t0: float, cpu0: tuple[float, float]) -> tuple[Any, dict]:
+    """Fill a temporary folder with every output and swap it in place of ``cfg.out``."""
     from catalogtune.data.collect import Collector, RawLengthsWriter, SplitWriters
 
-    t0 = time.perf_counter()
-    cpu0 = (_cpu("RUSAGE_SELF"), _cpu("RUSAGE_CHILDREN"))
-    infos = _check_inputs(cfg)
-    _check_out(cfg.out)
-    _remove_stale_temps(cfg.out)
     with atomic_dir(cfg.out) as tmp:
         (tmp / _OWNER).write_text(str(os.getpid()))
         writers = SplitWriters(tmp, cfg.row_group_rows)
@@ -329,6 +330,22 @@ def run(cfg: PrepareConfig) -> PrepareResult:
         _save_config(cfg, tmp / "config.yaml")
         (tmp / _OWNER).unlink()
         _umask_modes(tmp)
+    return col, report
+
+
+def run(cfg: PrepareConfig) -> PrepareResult:
+    """Prepare ``cfg.inputs`` into ``cfg.out`` (splits, raw lengths, quality report, config).
+
+    One prepare at a time per output folder: a second is refused with the first one's pid.
+    """
+    t0 = time.perf_counter()
+    cpu0 = (_cpu("RUSAGE_SELF"), _cpu("RUSAGE_CHILDREN"))
+    infos = _check_inputs(cfg)
+    _check_out(cfg.out)
+    # the output folder is swapped as a whole, so its lock lives beside it
+    with folder_lock(cfg.out.parent / f".{cfg.out.name}.lock", f"the output folder {cfg.out}", target=cfg.out):
+        _remove_stale_temps(cfg.out)
+        col, report = _write(cfg, infos, t0, cpu0)
     if col.kept == 0:
         raise CatalogtuneError(
             f"no usable records in {', '.join(map(str, cfg.inputs))} "

@@ -16,13 +16,18 @@ import pyarrow as pa
 from zlib import crc32
 
 from catalogtune.data import clean, kinds
-from catalogtune.data.clean import clean_text, clean_title, drop_reason, hash64, split_of, title_keys
+from catalogtune.data.clean import (MAX_CONTENT_CHARS, MAX_TITLE_CHARS, clean_text, clean_title, cut_content,
+                                    drop_reason, has_invisible, hash64, split_of, title_keys)
 from catalogtune.data.io import LineChunk, RowChunk
 
 CANDIDATE = 0
 REASON_CODE = {r: i + 1 for i, r in enumerate(clean.REASONS)}
 _EMPTY_TITLE = REASON_CODE[clean.EMPTY_TITLE]
 _EMPTY_CONTENT = REASON_CODE[clean.EMPTY_CONTENT]
+_TITLE_TOO_LONG = REASON_CODE[clean.TITLE_TOO_LONG]
+_RAW_CONTENT_CAP = 4 * MAX_CONTENT_CHARS
+"""Raw description characters cleaned at most: enough for MAX_CONTENT_CHARS after cleaning, and a
+20 MB description costs milliseconds, not seconds."""
 MALFORMED = ("invalid_json", "not_object", "missing_field", "wrong_type")
 MALFORMED_CODE = {k: 100 + i for i, k in enumerate(MALFORMED)}
 EXAMPLES_PER_CHUNK = 10
@@ -69,6 +74,10 @@ class ChunkResult:
     split: bytearray = dataclasses.field(default_factory=bytearray)
     kinds: bytearray = dataclasses.field(default_factory=bytearray)
     """Per candidate: the index of its description kind in ``data.kinds.KINDS`` (0 when not classified)."""
+    truncated: array = dataclasses.field(default_factory=lambda: array("i"))
+    """Items whose description was cut to ``clean.MAX_CONTENT_CHARS``."""
+    invisible: array = dataclasses.field(default_factory=lambda: array("i"))
+    """Items whose title or description held bidi or other invisible characters (removed)."""
 
     def malformed(self, item: int, line: int, kind: str, detail: str) -> None:
         """Record one malformed item."""
@@ -121,10 +130,19 @@ def _classify_all(res: ChunkResult, records: Any, opts: RuleOptions) -> None:
         if not t:
             status(_EMPTY_TITLE)
             continue
+        if len(t) > MAX_TITLE_CHARS:
+            status(_TITLE_TOO_LONG)
+            continue
         if not content or content.isspace():  # 38% of the real file: skip the costly steps
             status(_EMPTY_CONTENT)
             continue
-        c = clean_text(content)
+        if has_invisible(title) or has_invisible(content):
+            res.invisible.append(item)
+        c = clean_text(content if len(content) <= _RAW_CONTENT_CAP else content[:_RAW_CONTENT_CAP])
+        if len(c) > MAX_CONTENT_CHARS or len(content) > _RAW_CONTENT_CAP:
+            # a raw cut may have split the last word: then cut before it as well
+            c = cut_content(c, min(MAX_CONTENT_CHARS, max(1, len(c) - 1)))
+            res.truncated.append(item)
         # the title key is only needed for short content (echo check); candidates get theirs
         # in one vectorised pass below
         reason = drop_reason(t, content, c, min_chars, english)
@@ -235,6 +253,38 @@ def _shm_bytes(name: str, offset: int, length: int) -> bytes:
 
         shm = _ATTACHED[name] = shared_memory.SharedMemory(name=name)
     return bytes(shm.buf[offset: offset + length])
+
+
+def die_with_parent(parent: int) -> None:
+    """Worker initializer: end this worker when the main process dies, kill -9 included.
+
+    A worker blocked on its queue never notices a dead parent, and it also holds the resource
+    tracker's pipe open: both would live on, re-parented to PID 1. Linux kills the worker
+    (PR_SET_PDEATHSIG); elsewhere a thread polls the parent pid.
+    """
+    import os
+    import signal
+    import sys
+    import threading
+    import time
+
+    armed = False
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            armed = ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL), 0, 0, 0) == 0  # 1 = PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            armed = False
+    if os.getppid() != parent:  # the parent died before the signal was armed
+        os._exit(1)
+    if not armed:
+        def watch() -> None:
+            while os.getppid() == parent:
+                time.sleep(1.0)
+            os._exit(1)
+
+        threading.Thread(target=watch, daemon=True, name="catalogtune-parent-watch").start()
 
 
 def process_chunk(chunk: LineChunk | RowChunk, opts: RuleOptions) -> ChunkResult:

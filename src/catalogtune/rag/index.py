@@ -12,20 +12,20 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import fcntl
 import hashlib
 import re
 import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
 from catalogtune.core import config
 from catalogtune.rag.embed import Embedder, HashEmbedder, MiniLMEmbedder, get_embedder
 from catalogtune.core.prompt import clean_title
+from catalogtune.core.locks import folder_lock
 from catalogtune.core.util import CatalogtuneError, atomic_write_json, read_json, require
 
 MANIFEST = "index.json"
@@ -192,18 +192,9 @@ def hnsw_settings(m: int, ef_construction: int, ef_search: int) -> dict:
                      "ef_search": ef_search}}
 
 
-@contextlib.contextmanager
-def _lock(out: Path) -> Iterator[None]:
+def _lock(out: Path) -> Any:
     # Two writers on one index would interleave upserts and manifests.
-    with open(out / ".lock", "w") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise CatalogtuneError(f"another process is writing the index {out}") from None
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    return folder_lock(out / ".lock", f"the index {out}", target=out)
 
 
 def _read_manifest(path: Path) -> dict:

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from catalogtune.core.util import CatalogtuneError, atomic_dir, atomic_write, read_json
+from catalogtune.core.util import CatalogtuneError, atomic_dir, atomic_write, read_json, remove_path
 
 KEEP = 2
 """Checkpoints kept (the newest ones)."""
@@ -69,6 +69,60 @@ def save_checkpoint(run_dir: Path, state: LoopState, trainable: dict, optimizer_
     for _, old in checkpoints(run_dir)[:-KEEP]:
         shutil.rmtree(old, ignore_errors=True)
     return target
+
+
+def remove_stale_temps(run_dir: Path) -> list[str]:
+    """Delete the temporary files and folders a killed run left in RUN_DIR and its checkpoints/.
+
+    Only safe under the run's lock (``core.locks.run_lock``): then no other process writes here.
+    Returns the names removed.
+    """
+    removed = []
+    for folder in (run_dir, run_dir / "checkpoints"):
+        if not folder.is_dir():
+            continue
+        for p in folder.iterdir():
+            if p.name.startswith(".") and p.name.endswith((".tmp", ".old")):
+                remove_path(p)
+                removed.append(p.name)
+    return removed
+
+
+RESUME_FREE = frozenset({
+    "max_steps", "epochs", "patience", "eval_every", "save_every", "merge", "resume", "overwrite",
+    "memory_probe", "gradient_checkpointing", "out",
+})
+"""TrainConfig fields a resumed run may change: when to stop, validate and save, what to write at
+the end, and memory-only switches. Any other change (lr, LoRA shape, data, batch, seed...) would
+silently mix two recipes in one run."""
+_PATH_FIELDS = ("data", "rag_index", "model")
+
+
+def _same(key: str, old: Any, new: Any) -> bool:
+    if old == new:
+        return True
+    if isinstance(old, (int, float)) and isinstance(new, (int, float)) and not isinstance(old, bool):
+        return float(old) == float(new)
+    if key in _PATH_FIELDS and isinstance(old, str) and isinstance(new, str):
+        a, b = Path(old).expanduser(), Path(new).expanduser()
+        return a.exists() and b.exists() and a.resolve() == b.resolve()
+    return False
+
+
+def recipe_changes(saved: dict[str, Any], new: dict[str, Any], defaults: dict[str, Any]) -> list[str]:
+    """``"lr 0.001 -> 0.005"`` for each field of ``new`` that differs from the ``saved`` config.
+
+    Fields in ``RESUME_FREE`` may differ; a field missing from ``saved`` (an older run) counts
+    as its default in ``defaults``.
+    """
+    changes = []
+    for key, value in new.items():
+        if key in RESUME_FREE:
+            continue
+        old = saved.get(key, defaults.get(key))
+        if not _same(key, old, value):
+            changes.append(f"{key} {old!r} -> {value!r}")
+    return changes
 
 
 def load_checkpoint(path: Path) -> tuple[LoopState, dict, dict, dict | None]:

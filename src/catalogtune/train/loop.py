@@ -358,7 +358,9 @@ class Loop:
                     merge(self.run_dir, cfg.model)
                 self.progress("cancelled" if stopped == "cancelled" else "finished")
             except BaseException:
-                self.progress("failed")
+                # on a full disk this write fails too: the error worth reporting is the first one
+                with contextlib.suppress(Exception):
+                    self.progress("failed")
                 raise
             finally:
                 metrics and metrics.close()

@@ -10,10 +10,11 @@ Without ``--config`` the preset ``configs/cpu-smollm2.yaml`` applies (equal to t
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from catalogtune.core import config
 from catalogtune.core.util import CatalogtuneError, read_json
@@ -174,8 +175,15 @@ def run(cfg: TrainConfig, *, callback: Any = None) -> TrainResult:
     """Train LoRA on ``cfg.data`` and write ``cfg.out``; returns the summary.
 
     ``callback(step, loop)`` (optional) runs after each optimizer step; tests use it to
-    interrupt a run. Bad input raises CatalogtuneError before the model is loaded.
+    interrupt a run. Bad input raises CatalogtuneError before the model is loaded. The run
+    holds ``RUN_DIR/.lock`` throughout: a second start on the folder (``--resume`` included,
+    or the app's) is refused at once with this run's pid.
     """
+    with _run_lock(cfg):
+        return _run(cfg, callback)
+
+
+def _run(cfg: TrainConfig, callback: Any) -> TrainResult:
     check_environment(cfg)
     if cfg.backend == "unsloth":
         from catalogtune.train.unsloth import import_unsloth
@@ -183,12 +191,49 @@ def run(cfg: TrainConfig, *, callback: Any = None) -> TrainResult:
         import_unsloth()  # before transformers and peft, so that all of Unsloth's patches apply
     from catalogtune.core import models
     from catalogtune.train.batches import read_split
-    from catalogtune.train.loop import train
 
     models.resolve(cfg.model)  # unknown name / bad folder -> one-line error now
     train_rows = read_split(cfg.data, "train", limit=cfg.max_samples)
     val_rows = read_split(cfg.data, "val", limit=cfg.max_val_samples) if cfg.eval_every > 0 else []
     _check_run_dir(cfg)
+    return _train(cfg, train_rows, val_rows, callback)
+
+
+def _main_rank() -> bool:
+    return int(os.environ.get("RANK", "0") or 0) == 0
+
+
+@contextlib.contextmanager
+def _run_lock(cfg: TrainConfig) -> Iterator[None]:
+    """RUN_DIR/.lock for the run's whole life (main process only: the other ranks share its run).
+
+    Taken first, before torch loads, so a second start is refused in a second.
+    """
+    from catalogtune.core.locks import run_lock
+
+    if not _main_rank():
+        yield
+        return
+    if cfg.out.exists() and not cfg.out.is_dir():
+        raise CatalogtuneError(f"--out {cfg.out} exists and is not a folder")
+    created = not cfg.out.exists()
+    try:
+        with run_lock(cfg.out):
+            yield
+    finally:
+        if created:  # a run refused on its input leaves no empty folder behind
+            with contextlib.suppress(OSError):
+                cfg.out.rmdir()
+
+
+def _train(cfg: TrainConfig, train_rows: list[dict], val_rows: list[dict], callback: Any) -> TrainResult:
+    from catalogtune.train.checkpoints import checkpoints, remove_stale_temps
+    from catalogtune.train.loop import train
+
+    if _main_rank():
+        remove_stale_temps(cfg.out)  # a checkpoint or adapter save cut short by a kill
+    if cfg.resume and checkpoints(cfg.out):
+        check_resume(cfg)
     if cfg.rag_index is not None:
         from catalogtune.train.retrieval import add_retrieval
 
@@ -197,6 +242,30 @@ def run(cfg: TrainConfig, *, callback: Any = None) -> TrainResult:
               f"{stats['val']['with_context']}/{len(val_rows)} validation prompts hold {cfg.rag_k} records", flush=True)
     summary = train(cfg, train_rows, val_rows, callback=callback)
     return TrainResult(cfg.out, summary)
+
+
+def check_resume(cfg: TrainConfig) -> None:
+    """Refuse to resume RUN_DIR with a recipe other than the one its checkpoints were made with."""
+    import dataclasses
+
+    from catalogtune.train.checkpoints import recipe_changes
+
+    path = cfg.out / "config.yaml"
+    if not path.is_file():
+        return
+    try:
+        saved = config.load_yaml(path)
+    except (OSError, ValueError, CatalogtuneError):
+        raise CatalogtuneError(f"cannot resume {cfg.out}: {path.name} is unreadable") from None
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.default is not dataclasses.MISSING}
+    defaults.update({f.name: f.default_factory() for f in dataclasses.fields(TrainConfig)
+                     if f.default_factory is not dataclasses.MISSING})
+    changes = recipe_changes(saved if isinstance(saved, dict) else {}, config.to_dict(cfg), defaults)
+    if changes:
+        raise CatalogtuneError(
+            f"cannot resume {cfg.out} with a changed recipe ({'; '.join(changes)}); resume with the "
+            "saved values, or start afresh with --overwrite or another --out"
+        )
 
 
 def _check_run_dir(cfg: TrainConfig) -> None:

@@ -1,0 +1,88 @@
+"""The fault tests' child process: ``python faultchild.py COMMAND ARGS...`` runs ``catalogtune``.
+
+Faults are armed through the environment, so the command line stays the CLI's own:
+
+- ``CT_FAULT_KILL_AT="module:attr:N"``: SIGKILL this process right after the N-th call of
+  ``module.attr`` returns (e.g. ``safetensors.torch:save_file:2``: inside a checkpoint save,
+  one file written and the folder not yet swapped in); ``...:N:before`` kills before the call.
+- ``CT_FAULT_FAKE_EVAL=SECONDS``: ``evaluate`` uses a deterministic fake generator that sleeps
+  SECONDS per batch (no model load), like tests/evaluate's.
+- ``CT_FAULT_WORKERS=1``: ``prepare`` uses its worker processes even for a small input.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import signal
+import sys
+import time
+from types import SimpleNamespace
+
+
+def arm_kill(spec: str) -> None:
+    """Wrap ``module.attr`` so that its N-th call ends this process with SIGKILL."""
+    parts = spec.split(":")
+    mod_name, attr, n = parts[0], parts[1], int(parts[2])
+    before = len(parts) > 3 and parts[3] == "before"
+    owner = importlib.import_module(mod_name)
+    *path, attr = attr.split(".")  # "ParquetWriter.write_table": a method
+    for name in path:
+        owner = getattr(owner, name)
+    real = getattr(owner, attr)
+    calls = [0]
+
+    def wrapper(*args, **kwargs):
+        calls[0] += 1
+        if calls[0] == n and before:
+            os.kill(os.getpid(), signal.SIGKILL)
+        out = real(*args, **kwargs)
+        if calls[0] == n:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return out
+
+    setattr(owner, attr, wrapper)
+
+
+class FakeGenerator:
+    """Deterministic stand-in for ``infer.Generator``: outputs derive from the prompt only."""
+
+    def __init__(self, delay: float) -> None:
+        self.delay = delay
+
+    def prompt(self, title, context=None):
+        ctx = " | ".join(r["title"] for r in context or [])
+        return f"T: {title}\nC: {ctx}\n"
+
+    def generate(self, prompts, max_new_tokens=16, use_adapter=True, **_):
+        time.sleep(self.delay)
+        out = []
+        for p in prompts:
+            title = p.split("\n")[0][3:]
+            text = f"{title} made by Acme in 7 sizes." if use_adapter else "A great product for you."
+            out.append(SimpleNamespace(text=text, new_tokens=len(text.split()), seconds=0.01, stopped_at_eos=True))
+        return out
+
+    def score(self, prompts, completions, use_adapter=True, batch_size=8):
+        return [(len(c) * (0.5 if use_adapter else 1.0), len(c)) for c in completions]
+
+
+def main() -> int:
+    if os.environ.get("CT_FAULT_WORKERS"):
+        from catalogtune.data import prepare
+
+        prepare.SMALL_INPUT_BYTES = 0
+    if os.environ.get("CT_FAULT_FAKE_EVAL"):
+        from catalogtune.evaluate import stage
+
+        gen = FakeGenerator(float(os.environ["CT_FAULT_FAKE_EVAL"]))
+        stage._open_generator = lambda cfg: (gen, "fake-model", "fake-adapter" if cfg.run is not None else None)
+    if os.environ.get("CT_FAULT_KILL_AT"):
+        arm_kill(os.environ["CT_FAULT_KILL_AT"])
+    from catalogtune import cli
+
+    return cli.main(sys.argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
