@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from catalogtune.app import common, jobs
+from catalogtune.evaluate import compare
 from catalogtune.core.util import CatalogtuneError
 
 METRICS = ("perplexity", "rouge_l", "chrf", "cosine", "unsupported_rate", "invented_attribution_rate",
@@ -15,15 +16,6 @@ METRICS = ("perplexity", "rouge_l", "chrf", "cosine", "unsupported_rate", "inven
 SYSTEM_ORDER = ("base", "finetuned", "base+rag", "finetuned+rag", "title-copy", "retrieval-only")
 DIFF_METRICS = ("rouge_l", "cosine", "bertscore_f1", "perplexity", "unsupported_rate", "invented_attribution", "quote_style")
 """Differences shown with their paired bootstrap intervals."""
-
-
-def _diff_text(res: Any) -> str:
-    if not isinstance(res, dict) or not isinstance(res.get("diff"), (int, float)):
-        return "-"
-    lo, hi = res.get("low"), res.get("high")
-    if not isinstance(lo, (int, float)) or not isinstance(hi, (int, float)):
-        return f"{res['diff']:+.3g}"
-    return f"{res['diff']:+.3g} [{lo:+.3g}, {hi:+.3g}]" + ("" if res.get("significant") else " not significant")
 
 
 def comparisons_table(comparisons: Any) -> list[dict[str, Any]]:
@@ -35,7 +27,8 @@ def comparisons_table(comparisons: Any) -> list[dict[str, Any]]:
         if not isinstance(c, dict) or not isinstance(c.get("metrics"), dict):
             continue
         rows.append({"system": str(c.get("system")), "versus": str(c.get("versus")),
-                     **{m: _diff_text(c["metrics"].get(m)) for m in DIFF_METRICS}})
+                     **{m: compare.fmt_diff(c["metrics"].get(m), ns=" not significant", no_interval="")
+                        for m in DIFF_METRICS}})
     return rows
 REFRESH_S = 3.0
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from catalogtune.core import config
+from catalogtune.infer.generate import auto_threads
 from catalogtune.core.util import CatalogtuneError, shared_sample
 
 
@@ -101,16 +102,6 @@ def _plain_generate(gen: Any, prompts: list[str], max_new_tokens: int) -> tuple[
         total += cut
         texts.append(gen.tok.decode(new[:cut], skip_special_tokens=True).strip())
     return total, texts
-
-
-def auto_threads(load_avg: float, default: int) -> int:
-    """torch's default thread count on a quiet machine, 1 on an oversubscribed one.
-
-    Measured here (load ~13 on 2 cores, smollm2-135m, 16 prompts): 2 threads gave 2.5 batched
-    tokens/s, 1 thread 15.9, because every multi-threaded matmul waits at a barrier for a thread
-    the scheduler has parked. A quiet machine is where the figure means something anyway.
-    """
-    return 1 if load_avg > (os.cpu_count() or 1) else default
 
 
 def _timed(fn: Any) -> tuple[Any, float, float]:

@@ -116,6 +116,7 @@ class Collector:
             for item, ex in zip(items.tolist(), exact.tolist()):
                 status[item] = _DUP_EXACT if ex else _DUP_TITLE
         splits = np.frombuffer(res.split, dtype=np.uint8, count=m)
+        # a result built without kinds (by hand, or by an older worker) counts as all "product"
         kind = np.frombuffer(res.kinds, dtype=np.uint8, count=m) if len(res.kinds) >= m else np.zeros(m, np.uint8)
         if self.drop_kinds:
             items = np.frombuffer(res.cand_item, dtype=np.int32, count=m)

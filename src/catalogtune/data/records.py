@@ -31,6 +31,7 @@ _RAW_CONTENT_CAP = 4 * MAX_CONTENT_CHARS
 MALFORMED = ("invalid_json", "not_object", "missing_field", "wrong_type")
 MALFORMED_CODE = {k: 100 + i for i, k in enumerate(MALFORMED)}
 EXAMPLES_PER_CHUNK = 10
+_KIND_CODE = {k: i for i, k in enumerate(kinds.KINDS)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,8 +43,6 @@ class RuleOptions:
     test_fraction: float
     min_content_chars: int
     english_only: bool
-    kinds: bool = True
-    """Classify each kept description's kind (data.kinds: product, reviews, boilerplate, author_bio)."""
 
 
 @dataclasses.dataclass
@@ -73,7 +72,7 @@ class ChunkResult:
     """The candidates as an Arrow table (id, title, content): sent as buffers, not Python strings."""
     split: bytearray = dataclasses.field(default_factory=bytearray)
     kinds: bytearray = dataclasses.field(default_factory=bytearray)
-    """Per candidate: the index of its description kind in ``data.kinds.KINDS`` (0 when not classified)."""
+    """Per candidate: the index of its description kind in ``data.kinds.KINDS``."""
     truncated: array = dataclasses.field(default_factory=lambda: array("i"))
     """Items whose description was cut to ``clean.MAX_CONTENT_CHARS``."""
     invisible: array = dataclasses.field(default_factory=lambda: array("i"))
@@ -155,11 +154,7 @@ def _classify_all(res: ChunkResult, records: Any, opts: RuleOptions) -> None:
         titles(t)
         contents(c)
         h_content((crc32(c.encode("utf-8", "surrogatepass")) << 31) ^ len(c))
-    if opts.kinds:
-        code = {k: i for i, k in enumerate(kinds.KINDS)}
-        res.kinds.extend(code[kinds.content_kind(c)] for c in res.contents)
-    else:
-        res.kinds.extend(bytes(len(res.contents)))
+    res.kinds.extend(_KIND_CODE[kinds.content_kind(c)] for c in res.contents)
     keys, groups = title_keys(res.titles)
     # a title of punctuation only has an empty key: compare it as written
     res.h_title.extend([hash64(k or t) for k, t in zip(keys, res.titles)])

@@ -82,14 +82,15 @@ def all_comparisons(by_system: dict[str, list[dict]], n_resamples: int = 1000, s
             for s, ref in pairs_for(list(by_system))]
 
 
-def fmt_diff(res: dict | None) -> str:
-    """``+0.021 [+0.004, +0.037]`` or ``-0.01 [-0.03, +0.01] n.s.``; "-" when missing."""
-    if not res or res.get("diff") is None:
+def fmt_diff(res: Any, ns: str = " n.s.", no_interval: str = " (n<2)") -> str:
+    """``+0.021 [+0.004, +0.037]`` or ``-0.01 [-0.03, +0.01] n.s.``; "-" when missing or malformed
+    (report.json may have been edited by hand: the app shows it too)."""
+    if not isinstance(res, dict) or not isinstance(res.get("diff"), (int, float)):
         return "-"
     d, lo, hi = res["diff"], res.get("low"), res.get("high")
-    if lo is None or hi is None:
-        return f"{d:+.3g} (n<2)"
-    return f"{d:+.3g} [{lo:+.3g}, {hi:+.3g}]" + ("" if res.get("significant") else " n.s.")
+    if not isinstance(lo, (int, float)) or not isinstance(hi, (int, float)):
+        return f"{d:+.3g}{no_interval}"
+    return f"{d:+.3g} [{lo:+.3g}, {hi:+.3g}]" + ("" if res.get("significant") else ns)
 
 
 def verdicts(comparisons: list[dict], n: int) -> list[str]:

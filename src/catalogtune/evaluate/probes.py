@@ -9,7 +9,6 @@ book blurb or a review quote. A fine-tuned model must not do worse here than the
 from __future__ import annotations
 
 import re
-from typing import Sequence
 
 PROBE_TITLES: tuple[str, ...] = (
     "Ceramic Coffee Mug 11 oz, Matte Navy Blue, Dishwasher Safe",
@@ -49,21 +48,9 @@ _BOOK_WORDS = (
 _BOOK = re.compile(r"(?<![\w'-])(?:" + "|".join(re.escape(w) for w in _BOOK_WORDS) + r")(?![\w'-])", re.I)
 
 
-def book_words(text: str) -> int:
-    """How many book-blurb words (novel, author, reader, chapter, ...) ``text`` uses."""
-    return len(_BOOK.findall(text or ""))
-
-
 def is_book_blurb(text: str, title: str = "", min_words: int = 2) -> bool:
     """Whether ``text`` reads like a book blurb: at least ``min_words`` book words that the title
     itself does not use (a jigsaw titled "... Story" may say "story")."""
     title_hits = {w.lower() for w in _BOOK.findall(title or "")}
     hits = [w for w in _BOOK.findall(text or "") if w.lower() not in title_hits]
     return len(hits) >= min_words
-
-
-def book_blurb_share(outputs: Sequence[str], titles: Sequence[str]) -> float:
-    """Share of ``outputs`` that are book blurbs for their (non-book) ``titles``."""
-    if not outputs:
-        return 0.0
-    return sum(is_book_blurb(o, t) for o, t in zip(outputs, titles)) / len(outputs)

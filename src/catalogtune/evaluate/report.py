@@ -28,6 +28,8 @@ TABLE_METRICS = (
 COLLAPSE_METRICS = ("top_opening_share", "top_opening", "quote_style_share", "corpus_distinct_1",
                     "corpus_distinct_2", "self_bleu")
 """Columns of the collapse table (each system's outputs as a corpus, and the references)."""
+PROBE_METRICS = ("n", "book_blurb_share", "quote_style_share", "invented_attribution_rate", "top_opening_share")
+"""Columns of the probe-title table (reference-free)."""
 COMPARE_METRICS = ("rouge_l", "cosine", "bertscore_f1", "chrf_s", "perplexity", "unsupported_rate",
                    "invented_attribution", "quote_style")
 """Columns of the paired-difference table."""
@@ -125,7 +127,7 @@ def summarize_probes(rows: Sequence[dict]) -> dict[str, Any]:
     out = {"n": len(rows), "book_blurb_share": _mean(rows, "book_blurb"), "quote_style_share": _mean(rows, "quote_style"),
            "invented_attribution_rate": _mean(rows, "invented_attribution"),
            "mean_new_tokens": _mean(rows, "new_tokens"), "stopped_rate": _mean(rows, "stopped")}
-    out["top_opening_share"] = diversity.collapse_summary(hyps)["top_opening_share"]
+    out["top_opening_share"] = diversity.top_opening_share(hyps)[0]
     return out
 
 
@@ -135,8 +137,12 @@ def _mean(rows: Sequence[dict], key: str) -> float:
     return float(np.mean(vals)) if vals else float("nan")
 
 
-def summarize(rows: Sequence[dict]) -> dict[str, Any]:
-    """Corpus metrics of one system's scored rows (baselines have no likelihood: perplexity NaN)."""
+def summarize(rows: Sequence[dict], collapse: bool = True) -> dict[str, Any]:
+    """Corpus metrics of one system's scored rows (baselines have no likelihood: perplexity NaN).
+
+    ``collapse=False`` leaves out the corpus collapse figures (self-BLEU is the costly one), for
+    the per-group breakdowns that show only the main metrics.
+    """
     refs = [r["reference"] for r in rows]
     hyps = [r["output"] for r in rows]
     n_tok = sum(r.get("n_tokens") or 0 for r in rows)
@@ -169,13 +175,15 @@ def summarize(rows: Sequence[dict]) -> dict[str, Any]:
         "stopped_rate": _mean(rows, "stopped"),
         "gen_seconds": float(sum(r.get("seconds") or 0.0 for r in rows)),
     }
-    out.update(diversity.collapse_summary(hyps))
+    if collapse:
+        out.update(diversity.collapse_summary(hyps))
     return out
 
 
-def collapse_table(by_system: dict[str, list[dict]], references: Sequence[str]) -> dict[str, dict]:
-    """``{system | "reference": collapse_summary}``: the references show how varied real descriptions are."""
-    table = {s: diversity.collapse_summary([r["output"] for r in rows]) for s, rows in by_system.items()}
+def collapse_table(systems: dict[str, dict], references: Sequence[str]) -> dict[str, dict]:
+    """``{system | "reference": collapse figures}`` from ``summarize`` outputs (which hold them
+    already); the references show how varied real descriptions are."""
+    table = {s: {k: m[k] for k in COLLAPSE_METRICS if k in m} for s, m in systems.items()}
     table["reference"] = diversity.collapse_summary(list(references))
     return table
 
@@ -189,7 +197,7 @@ def breakdowns(rows_by_system: dict[str, list[dict]]) -> dict[str, dict[str, dic
             for r in rows:
                 groups.setdefault(keyfn(r), []).append(r)
             for group, members in sorted(groups.items()):
-                full = summarize(members)
+                full = summarize(members, collapse=False)
                 out[dim].setdefault(group, {})[system] = {k: full[k] for k in ("n", *MAIN_METRICS)}
     return out
 
@@ -236,10 +244,6 @@ def _md_breakdown(bd: dict[str, dict[str, dict]]) -> list[str]:
     return lines
 
 
-def _md_collapse(table: dict[str, dict]) -> str:
-    return _md_table(table, COLLAPSE_METRICS)
-
-
 def _md_compare(comparisons: list[dict]) -> str:
     head = "| system | versus | " + " | ".join(COMPARE_METRICS) + " |"
     lines = [head, "|---" * (len(COMPARE_METRICS) + 2) + "|"]
@@ -258,7 +262,7 @@ def _md_split(title: str, part: dict) -> list[str]:
                   "interval contains 0, not significant):", "", _md_compare(part["comparisons"]), ""]
     if part.get("collapse"):
         lines += ["Collapse and diversity (outputs as a corpus; `reference` = the real descriptions):", "",
-                  _md_collapse(part["collapse"]), ""]
+                  _md_table(part["collapse"], COLLAPSE_METRICS), ""]
     return lines
 
 
@@ -276,10 +280,9 @@ def write_markdown(path: Path, report: dict) -> None:
 
 
 def _md_probes(probes: dict) -> list[str]:
-    cols = ("n", "book_blurb_share", "quote_style_share", "invented_attribution_rate", "top_opening_share")
     return ["## Non-book probe titles (invented; no reference descriptions)", "",
             "Share of outputs that read like a book blurb or a review quote for products that are not books:", "",
-            _md_table(probes["systems"], cols), ""]
+            _md_table(probes["systems"], PROBE_METRICS), ""]
 
 
 def plot_metrics(path: Path, report: dict) -> Path:
@@ -338,8 +341,7 @@ def write_html(path: Path, report: dict, plot_png: Path | None) -> None:
     if report.get("seen", {}).get("systems"):
         sections += _html_split(h, "Seen products (training sample)", report["seen"], systems_table)
     if report.get("probes", {}).get("systems"):
-        cols = ("n", "book_blurb_share", "quote_style_share", "invented_attribution_rate", "top_opening_share")
-        sections.append(("Non-book probe titles (invented)", systems_table(report["probes"]["systems"], cols)))
+        sections.append(("Non-book probe titles (invented)", systems_table(report["probes"]["systems"], PROBE_METRICS)))
     if plot_png is not None and plot_png.is_file():
         sections.append(("Plots", h.figure(plot_png, "Main metrics per system, test vs seen products")))
     for dim, groups in report.get("breakdowns", {}).items():

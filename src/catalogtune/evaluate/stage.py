@@ -368,9 +368,9 @@ def _evaluate_split(cfg: EvalConfig, split: str, items: list[dict], systems: lis
         part = {"systems": {s: eval_report.summarize_probes(r) for s, r in by_system.items()}, "n_items": len(items)}
         return part, by_system, contexts, generated
     comparisons = compare.all_comparisons(by_system, cfg.bootstrap, cfg.seed) if cfg.bootstrap and len(items) > 1 else []
-    part = {"systems": {s: eval_report.summarize(r) for s, r in by_system.items()},
-            "breakdowns": eval_report.breakdowns(by_system), "n_items": len(items),
-            "collapse": eval_report.collapse_table(by_system, [it["content"] for it in items]),
+    summaries = {s: eval_report.summarize(r) for s, r in by_system.items()}
+    part = {"systems": summaries, "breakdowns": eval_report.breakdowns(by_system), "n_items": len(items),
+            "collapse": eval_report.collapse_table(summaries, [it["content"] for it in items]),
             "comparisons": comparisons, "verdicts": compare.verdicts(comparisons, len(items))}
     return part, by_system, contexts, generated
 

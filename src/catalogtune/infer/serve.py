@@ -609,16 +609,16 @@ def serving(service: Service, host: str = "127.0.0.1", port: int = 0, quiet: boo
 
 
 def pick_threads(requested: int | None = None) -> int:
-    """torch's thread count for the worker: ``requested``, else one per core on a quiet machine and 1
-    on a busy one (measured on this project's 2 cores at load ~3.7: tiny-random, 16 prompts x 32
-    tokens took 8.1 s with 2 threads and 0.1 s with 1, the threads stalling at every barrier)."""
+    """torch's thread count for the worker: ``requested``, else ``generate.auto_threads`` (1 on a busy machine)."""
     import os
 
     import torch
 
+    from catalogtune.infer.generate import auto_threads
+
     if requested is not None:
         return int(requested)
-    return 1 if os.getloadavg()[0] > (os.cpu_count() or 1) else torch.get_num_threads()
+    return auto_threads(os.getloadavg()[0], torch.get_num_threads())
 
 
 def build_service(cfg: ServeConfig) -> Service:

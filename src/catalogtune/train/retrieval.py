@@ -46,7 +46,7 @@ def attach_contexts(
         raise CatalogtuneError("rag k must be at least 1")
     pool = list(pool if pool is not None else rows)
     counts = {"with_context": 0, "noise_swaps": 0, "self_dropped": 0}
-    chosen = [r for r in rows if _rng(seed, str(r.get("id", r.get("title"))) ).random() < share]
+    chosen = [r for r in rows if _rng(seed, str(r.get("id", r.get("title")))).random() < share]
     if not chosen:
         return counts
     hits = index.query([str(r.get("title") or "") or "-" for r in chosen], k=k + 1)

@@ -251,27 +251,12 @@ def rouge_l(run_dir: Path, data: Path, n: int, max_new_tokens: int) -> float:
 
 
 # -- the study -------------------------------------------------------------------------------
-@contextlib.contextmanager
 def folder_lock(out: Path) -> Any:
-    """Hold ``OUT/.lock`` (flock, released when the process dies); a second search is a one-line error."""
-    import fcntl
+    """Hold ``OUT/.lock`` for the search (``core.locks``: dies with the process); a second search is a one-line error."""
+    from catalogtune.core.locks import folder_lock as _folder_lock
 
     out.mkdir(parents=True, exist_ok=True)
-    fh = open(out / ".lock", "a+", encoding="utf-8")
-    try:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            fh.seek(0)
-            raise CatalogtuneError(f"another search is running in {out} (pid {fh.read().strip() or '?'}); "
-                                   "wait for it or use another --out") from None
-        fh.seek(0)
-        fh.truncate()
-        fh.write(f"{os.getpid()}\n")
-        fh.flush()
-        yield
-    finally:
-        fh.close()
+    return _folder_lock(out / ".lock", f"the search in {out}", target=out)
 
 
 def open_study(cfg: TuneConfig, base: dict[str, Any], eval_every: int) -> Any:
