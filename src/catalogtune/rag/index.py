@@ -245,8 +245,6 @@ def run(cfg: IndexConfig) -> IndexResult:
     out = cfg.out
     if out.exists() and not out.is_dir():
         raise CatalogtuneError(f"index folder {out} is a file")
-    if out.is_dir() and any(p.name != ".lock" for p in out.iterdir()) and not (out / MANIFEST).is_file():
-        raise CatalogtuneError(f"{out} exists and is not a catalogtune index (no {MANIFEST})")
     out.mkdir(parents=True, exist_ok=True)
     want = {
         "format": FORMAT, "embedder": emb.name, "dim": emb.dim, "text_recipe": TEXT_RECIPE,
@@ -255,6 +253,9 @@ def run(cfg: IndexConfig) -> IndexResult:
         "hnsw": hnsw_settings(cfg.hnsw_m, cfg.hnsw_ef_construction, cfg.hnsw_ef_search)["hnsw"],
     }
     with _lock(out):
+        # Checked under the lock: a build in progress has temporary files before its manifest.
+        if any(p.name != ".lock" for p in out.iterdir()) and not (out / MANIFEST).is_file():
+            raise CatalogtuneError(f"{out} exists and is not a catalogtune index (no {MANIFEST})")
         man = _read_manifest(out) if (out / MANIFEST).is_file() else None
         keep = man is None or _check_manifest(man, want, out, cfg.rebuild)
         building = {**want, "status": "building", "count": None}
