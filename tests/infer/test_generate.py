@@ -59,7 +59,8 @@ def test_max_new_tokens_respected_and_hard_capped(gen, prompts, monkeypatch):
 def test_stops_at_eos(gen, prompts):
     """Force the stop token from the 3rd generated token on: every row stops with 2 tokens."""
     (eos,) = P.stop_token_ids(gen.tok)[:1]
-    lm_head = gen.model.get_output_embeddings()
+    with gen._adapter(True) as net:  # the module fine-tuned outputs come from (the merged copy)
+        lm_head = net.get_output_embeddings()
     calls = {"n": 0}
 
     def hook(_module, _inp, out):
@@ -84,6 +85,19 @@ def test_adapter_on_off_differ_and_off_is_the_base(gen, prompts, tiny_model_dir)
     assert [g.token_ids for g in on] != [g.token_ids for g in off]
     base = G.Generator.from_model(tiny_model_dir, bf16=False).generate(prompts[:3], max_new_tokens=8)
     assert [g.token_ids for g in off] == [g.token_ids for g in base]
+
+
+def test_merged_copy_gives_the_adapter_layers_outputs(gen, run_dir, prompts):
+    layers = G.Generator.from_run(run_dir, bf16=False, merge=False)
+    kw = dict(max_new_tokens=12, repetition_penalty=1.2, no_repeat_ngram_size=3)
+    merged = gen.generate(prompts, **kw)
+    assert gen._merged is not None and not any("lora_" in n for n, _ in gen._merged.named_parameters())
+    assert [g.token_ids for g in merged] == [g.token_ids for g in layers.generate(prompts, **kw)]
+    a = gen.score(prompts[:3], ["pink tutu"] * 3)
+    b = layers.score(prompts[:3], ["pink tutu"] * 3)
+    assert all(abs(x[0] - y[0]) < 1e-3 and x[1] == y[1] for x, y in zip(a, b))
+    # the base outputs still come from the untouched model
+    assert gen.model.peft_config and any("lora_" in n for n, _ in gen.model.named_parameters())
 
 
 def test_score_matches_manual_loss(gen, prompts):
@@ -126,6 +140,35 @@ def test_no_repeat_ngram_and_repetition_penalty(gen, prompts):
     pen = gen.generate(prompts[:2], max_new_tokens=16, repetition_penalty=5.0)
     distinct = lambda gs: sum(len(set(g.token_ids)) for g in gs)  # noqa: E731
     assert distinct(pen) >= distinct(plain)
+
+
+def test_repetition_rules_see_the_output_only_by_default(gen, prompts):
+    """Over the prompt, no-repeat-1 forbids every prompt token (the title, retrieved facts);
+    scoped to the output it only forbids repeating what was generated."""
+    everything = gen.generate(prompts[:3], max_new_tokens=16, no_repeat_ngram_size=1, penalty_scope="all")
+    output = gen.generate(prompts[:3], max_new_tokens=16, no_repeat_ngram_size=1)
+    for g, p in zip(everything, prompts):
+        assert not set(g.token_ids) & set(gen.encode(p))
+    for g in output:
+        assert len(g.token_ids) == len(set(g.token_ids))
+    # the tiny model likes some prompt tokens: once allowed, some output uses them
+    assert any(set(g.token_ids) & set(gen.encode(p)) for g, p in zip(output, prompts))
+    with pytest.raises(CatalogtuneError, match="penalty_scope"):
+        gen.generate(prompts[:1], penalty_scope="prompt")
+
+
+def test_output_rules_ignore_the_prompt_columns():
+    import torch
+
+    prompt = [5, 6, 7, 5, 6]
+    scores = torch.zeros(1, 10)
+    rules = G.output_rules(len(prompt), 2.0, 3)
+    # no output yet: nothing banned or penalised, although the prompt repeats "5 6" before 7
+    assert torch.equal(rules(torch.tensor([prompt]), scores.clone()), scores)
+    # the same tokens generated: 7 would repeat the 3-gram "5 6 7", and 5/6/7 are penalised
+    after = rules(torch.tensor([prompt + [5, 6, 7, 5, 6]]), torch.ones(1, 10))
+    assert after[0, 7] == float("-inf")
+    assert after[0, 5] == after[0, 6] == 0.5 and after[0, 1] == 1.0
 
 
 @pytest.mark.parametrize("title", ["", "   \n\t ", 5, None])

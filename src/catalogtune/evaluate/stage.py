@@ -69,6 +69,8 @@ class EvalConfig:
     no_repeat_ngram_size: int = DECODING.no_repeat_ngram_size
     """Forbid repeating any n-gram of this size (0 = off), the same for every system: greedy
     decoding of small models otherwise loops ("bespoke, bespoke, ...")."""
+    penalty_scope: str = DECODING.penalty_scope
+    """What the two repetition rules look at: output (the generated tokens) or all (prompt too)."""
     batch_size: int = 16
     """Prompts per generation batch (also the checkpoint granularity)."""
     k: int = 3
@@ -245,7 +247,8 @@ def _fingerprint(cfg: EvalConfig, gen: Any, model_id: str, adapter: str | None, 
     return _sha({
         "v": CACHE_VERSION, "model": model_id, "adapter": adapter if system.startswith("finetuned") else None,
         "rag": system.endswith("+rag"), "max_new_tokens": cfg.max_new_tokens, "prompt": _sha(probe),
-        "decoding": [cfg.repetition_penalty, cfg.no_repeat_ngram_size],
+        "decoding": [cfg.repetition_penalty, cfg.no_repeat_ngram_size]
+        + ([] if cfg.penalty_scope == "all" else [cfg.penalty_scope]),  # old caches were scope "all"
         "bf16": bool(getattr(gen, "bf16", False)),  # autocast changes greedy outputs
     })
 
@@ -272,7 +275,7 @@ def run_system(
         prompts = [gen.prompt(it["title"], context=c) for it, c in zip(batch, ctx)]
         gens = gen.generate(prompts, max_new_tokens=cfg.max_new_tokens, do_sample=False,
                             repetition_penalty=cfg.repetition_penalty,
-                            no_repeat_ngram_size=cfg.no_repeat_ngram_size,
+                            no_repeat_ngram_size=cfg.no_repeat_ngram_size, penalty_scope=cfg.penalty_scope,
                             use_adapter=use_adapter, batch_size=cfg.batch_size)
         scores = (gen.score(prompts, [it["content"] for it in batch], use_adapter=use_adapter, batch_size=cfg.batch_size)
                   if score else [(None, None)] * len(batch))
@@ -433,7 +436,8 @@ def _records(items: list[dict], by_system: dict[str, list[dict]], contexts: dict
 
 def _notes(cfg: EvalConfig, skipped: dict[str, str], model_id: str, source: str) -> list[str]:
     notes = [f"Base model {model_id}; greedy decoding with repetition penalty {cfg.repetition_penalty} and no repeated "
-             f"{cfg.no_repeat_ngram_size}-grams for every system (as ask and the app), at most {cfg.max_new_tokens} new "
+             f"{cfg.no_repeat_ngram_size}-grams ({'in the output only' if cfg.penalty_scope == 'output' else 'over prompt and output'}) "
+             f"for every system (as ask and the app), at most {cfg.max_new_tokens} new "
              f"tokens; test: {source}."]
     notes += [f"System {s} skipped: {why}." for s, why in skipped.items()]
     notes += [

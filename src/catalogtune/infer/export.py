@@ -353,12 +353,13 @@ def modelfile(tok: Any, gguf_name: str = "model.gguf", note: str = "") -> str:
     ]
     lines += [f"PARAMETER stop {json.dumps(s, ensure_ascii=False)}" for s in stops if s]
     lines += [
-        "# The decoding `catalogtune evaluate` and `catalogtune serve` use: greedy, repetition penalty",
-        "# over the whole context (transformers' repetition_penalty); no_repeat_ngram_size "
+        "# Close to the decoding `catalogtune evaluate` and `catalogtune serve` use: greedy, repetition",
+        "# penalty on the answer's tokens. Ollama's penalty looks at the last repeat_last_n tokens, the",
+        "# prompt's included, so early tokens may differ; no_repeat_ngram_size "
         f"{DECODING.no_repeat_ngram_size} has no Ollama equivalent.",
         "PARAMETER temperature 0",
         f"PARAMETER repeat_penalty {DECODING.repetition_penalty}",
-        "PARAMETER repeat_last_n -1",
+        "PARAMETER repeat_last_n 64",
         f"PARAMETER num_predict {DECODING.max_new_tokens}",
     ]
     return "\n".join(lines) + "\n"

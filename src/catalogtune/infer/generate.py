@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from catalogtune.core import prompt as prompt_mod
-from catalogtune.core.decoding import DECODING, Decoding  # noqa: F401  (re-exported)
+from catalogtune.core.decoding import DECODING, PENALTY_SCOPES, Decoding, output_rules  # noqa: F401  (re-exported)
 from catalogtune.core.util import CatalogtuneError
 
 MAX_NEW_TOKENS = 1024
@@ -96,9 +96,15 @@ class Generator:
     """A loaded model + tokenizer that generates and scores catalogue descriptions."""
 
     def __init__(self, model: Any, tokenizer: Any, has_adapter: bool = False, bf16: bool | None = None,
-                 name: str = "") -> None:
-        """Wrap a loaded (model, tokenizer); ``bf16=None`` autocasts generation where the CPU is bf16-capable."""
+                 name: str = "", merge: bool = True) -> None:
+        """Wrap a loaded (model, tokenizer); ``bf16=None`` autocasts generation where the CPU is bf16-capable.
+
+        ``merge``: fine-tuned outputs come from a copy with the adapter merged into the weights
+        (``merged()``), not from the adapter layers.
+        """
         self.model = model.eval()
+        self.merge = bool(merge)
+        self._merged: Any = None
         self.tok = tokenizer
         if self.tok.pad_token_id is None:
             self.tok.pad_token = self.tok.eos_token
@@ -168,12 +174,29 @@ class Generator:
         return max(1, min(MAX_PROMPT_TOKENS, self.max_positions - max_new_tokens))
 
     @contextlib.contextmanager
-    def _adapter(self, use_adapter: bool) -> Iterator[None]:
+    def _adapter(self, use_adapter: bool) -> Iterator[Any]:
+        """The module to run: the base (adapter switched off), the merged copy, or the model as is."""
         if self.has_adapter and not use_adapter:
             with self.model.disable_adapter():
-                yield
+                yield self.model
+        elif self.has_adapter and self.merge:
+            yield self.merged()
         else:
-            yield
+            yield self.model
+
+    def merged(self) -> Any:
+        """A copy of the model with the LoRA update folded into the weights, built on first use.
+
+        A LoRA layer costs two extra small matmuls per projection per token (x A, then B), and at
+        decode sizes those launches cost as much as the big one: merged, the fine-tuned model runs
+        at the base model's speed. The copy leaves ``self.model`` untouched, so the base outputs
+        stay exact (no merge/unmerge rounding drift); it costs one more copy of the weights.
+        """
+        if self._merged is None:
+            import copy
+
+            self._merged = copy.deepcopy(self.model).merge_and_unload().eval()
+        return self._merged
 
     # --- generation ---------------------------------------------------------------------
 
@@ -189,8 +212,15 @@ class Generator:
         batch_size: int = 16,
         use_adapter: bool = True,
         seed: int = 0,
+        penalty_scope: str = "output",
     ) -> list[Generation]:
-        """Generate one description per prompt (greedy unless ``do_sample``), in input order."""
+        """Generate one description per prompt (greedy unless ``do_sample``), in input order.
+
+        ``penalty_scope`` says what the repetition penalty and the no-repeat n-gram rule look at:
+        ``"output"`` (the generated tokens only) or ``"all"`` (prompt too, as transformers does).
+        Over the prompt they forbid the model to repeat the title or copy a retrieved record's
+        3-grams (an author's name, a series title): the answer cannot use what it was given.
+        """
         import torch
 
         prompts = _check_texts("prompts", prompts)
@@ -201,6 +231,8 @@ class Generator:
             raise CatalogtuneError(f"sampling needs temperature > 0 and 0 < top_p <= 1 (got {temperature}, {top_p})")
         if not repetition_penalty > 0:
             raise CatalogtuneError(f"repetition_penalty must be > 0, not {repetition_penalty}")
+        if penalty_scope not in PENALTY_SCOPES:
+            raise CatalogtuneError(f"penalty_scope must be one of {', '.join(PENALTY_SCOPES)}, not {penalty_scope!r}")
         if not prompts:
             return []
         cap = self._prompt_cap(max_new_tokens)
@@ -210,8 +242,11 @@ class Generator:
             if not ids:
                 raise CatalogtuneError(f"prompt {i} is empty")
             encoded.append(ids[-cap:])  # left truncation keeps the title and the answer cue
+        output_only = penalty_scope == "output"
         gen_cfg = self._generation_config(max_new_tokens, do_sample, temperature, top_p,
-                                          repetition_penalty, no_repeat_ngram_size)
+                                          1.0 if output_only else repetition_penalty,
+                                          0 if output_only else no_repeat_ngram_size)
+        rules = (repetition_penalty, no_repeat_ngram_size) if output_only else (1.0, 0)
         # Longest first: similar lengths share a batch (little padding) and peak memory shows early.
         order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
         results: list[Generation | None] = [None] * len(encoded)
@@ -220,7 +255,7 @@ class Generator:
             t0 = time.perf_counter()
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed + b)  # reproducible sampling without touching the caller's RNG
-                rows = self._generate_batch([encoded[i] for i in idx], gen_cfg, use_adapter)
+                rows = self._generate_batch([encoded[i] for i in idx], gen_cfg, use_adapter, rules)
             share = (time.perf_counter() - t0) / len(idx)
             for i, (ids, stopped) in zip(idx, rows):
                 results[i] = Generation(self._decode(ids), len(ids), share, stopped, ids, len(encoded[i]))
@@ -242,8 +277,12 @@ class Generator:
             kw["no_repeat_ngram_size"] = no_repeat_ngram_size
         return GenerationConfig(**kw)
 
-    def _generate_batch(self, batch: list[list[int]], gen_cfg: Any, use_adapter: bool) -> list[tuple[list[int], str]]:
-        """Left-pad ``batch``, decode with the KV cache; (ids before the stop token, reason) per row."""
+    def _generate_batch(self, batch: list[list[int]], gen_cfg: Any, use_adapter: bool,
+                        rules: tuple[float, int] = (1.0, 0)) -> list[tuple[list[int], str]]:
+        """Left-pad ``batch``, decode with the KV cache; (ids before the stop token, reason) per row.
+
+        ``rules`` (repetition penalty, no-repeat n-gram size) apply to the generated tokens only.
+        """
         import torch
 
         width = max(len(ids) for ids in batch)
@@ -255,9 +294,10 @@ class Generator:
             mask[r, width - len(ids):] = 1
         autocast = torch.autocast("cpu", dtype=torch.bfloat16) if self.bf16 and self.device.type == "cpu" \
             else contextlib.nullcontext()
-        with torch.inference_mode(), self._adapter(use_adapter), autocast:
-            out = self.model.generate(
+        with torch.inference_mode(), self._adapter(use_adapter) as net, autocast:
+            out = net.generate(
                 input_ids=input_ids.to(self.device), attention_mask=mask.to(self.device), generation_config=gen_cfg,
+                logits_processor=output_rules(width, *rules),
             )
         new = out[:, width:].tolist()
         stops = set(self.stop_ids)
@@ -310,8 +350,8 @@ class Generator:
             mask[r, width - len(s):] = 1
         pos = (mask.cumsum(-1) - 1).clamp(min=0)  # positions start at 0 on each row's first real token
         keep = max(len(c) for _, c in pairs) + 1  # logits only where completions are predicted
-        with torch.inference_mode(), self._adapter(use_adapter):
-            logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
+        with torch.inference_mode(), self._adapter(use_adapter) as net:
+            logits = net(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
                                 position_ids=pos.to(self.device), logits_to_keep=keep).logits
         res = []
         for r, (_, c) in enumerate(pairs):

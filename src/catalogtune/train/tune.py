@@ -225,7 +225,7 @@ def rouge_l(run_dir: Path, data: Path, n: int, max_new_tokens: int) -> float:
     import torch
 
     from catalogtune.core import models, prompt
-    from catalogtune.core.decoding import DECODING
+    from catalogtune.core.decoding import DECODING, output_rules
     from catalogtune.train.batches import read_split
     from catalogtune.train.model import bf16_supported
     from catalogtune.train.stage import load_config
@@ -238,13 +238,18 @@ def rouge_l(run_dir: Path, data: Path, n: int, max_new_tokens: int) -> float:
     tok.padding_side = "left"
     special = not getattr(tok, "chat_template", None)  # chat templates write their own BOS
     kw = DECODING.kwargs(max_new_tokens=max_new_tokens)
+    rules = (kw.pop("repetition_penalty"), kw.pop("no_repeat_ngram_size"))
+    if kw.pop("penalty_scope") == "all":
+        kw.update(repetition_penalty=rules[0], no_repeat_ngram_size=rules[1])
+        rules = (1.0, 0)
     fast = device == "cpu" and bf16_supported()
     outs: list[str] = []
     for i in range(0, len(rows), 8):
         enc = tok([prompt.build_prompt(tok, r["title"]) for r in rows[i:i + 8]], return_tensors="pt",
                   padding=True, add_special_tokens=special).to(device)
         with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=fast):
-            ids = model.generate(**enc, **kw, eos_token_id=prompt.stop_token_ids(tok), pad_token_id=tok.pad_token_id)
+            ids = model.generate(**enc, **kw, eos_token_id=prompt.stop_token_ids(tok), pad_token_id=tok.pad_token_id,
+                                 logits_processor=output_rules(enc["input_ids"].shape[1], *rules))
         outs += tok.batch_decode(ids[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
     scores = [scorer.score(r["content"], o.strip())["rougeL"].fmeasure for r, o in zip(rows, outs)]
     return float(sum(scores) / max(1, len(scores)))
