@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "tune": ("catalogtune.train.tune", "hyper-parameter search over the training recipe (Optuna, resumable)"),
     "index": ("catalogtune.rag.index", "build the ChromaDB reference index of the training split"),
     "ask": ("catalogtune.infer.ask", "generate a description for a title, with its references"),
+    "describe": ("catalogtune.infer.describe", "describe catalogue products in resumable chunks (Ray Data or vLLM to scale out)"),
     "export": ("catalogtune.infer.export", "export a run as merged safetensors, GGUF or an Ollama Modelfile"),
     "serve": ("catalogtune.infer.serve", "OpenAI-compatible HTTP server for the base and fine-tuned model"),
     "evaluate": ("catalogtune.evaluate.stage", "before/after and fine-tuning vs RAG evaluation"),

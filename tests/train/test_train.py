@@ -177,10 +177,10 @@ def test_smollm2_trains_a_few_steps_on_the_shared_sample(sample_path, tmp_path):
         r["id"] = str(i)
     data = tmp_path / "data"
     data.mkdir()
-    pq.write_table(pa.Table.from_pylist(rows[:24]), data / "train.parquet")
-    pq.write_table(pa.Table.from_pylist(rows[-6:]), data / "val.parquet")
-    cfg = config.build(TrainConfig, data=data, out=tmp_path / "run", max_steps=3, batch_size=8,
-                       max_length=128, eval_every=3, save_every=3)
+    pq.write_table(pa.Table.from_pylist(rows[:12]), data / "train.parquet")
+    pq.write_table(pa.Table.from_pylist(rows[-4:]), data / "val.parquet")
+    cfg = config.build(TrainConfig, data=data, out=tmp_path / "run", max_steps=3, batch_size=4,
+                       max_length=96, eval_every=3, save_every=3)
     s = run(cfg).summary
     assert cfg.model == "smollm2-135m" and s["steps"] == 3 and s["useful_tokens_per_s"] > 0
     assert 0 < s["best_val_loss"] <= s["initial_val_loss"] < 10  # a real model: a sane loss

@@ -20,7 +20,7 @@ from typing import Any, Iterator, Sequence
 
 from catalogtune.core import prompt as prompt_mod
 from catalogtune.core.decoding import DECODING, PENALTY_SCOPES, Decoding, output_rules  # noqa: F401  (re-exported)
-from catalogtune.core.util import CatalogtuneError
+from catalogtune.core.util import CatalogtuneError, auto_threads  # noqa: F401  (re-exported)
 
 MAX_NEW_TOKENS = 1024
 """Hard cap on generated tokens per prompt, whatever the caller asks for."""
@@ -30,18 +30,6 @@ MAX_SCORE_TOKENS = 512
 """Completions are scored on at most this many tokens (bounded memory: batch x tokens x vocab)."""
 
 _OUTPUT_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")  # keeps \t and \n
-
-
-def auto_threads(load_avg: float, default: int) -> int:
-    """torch's default thread count on a quiet machine, 1 on an oversubscribed one.
-
-    Measured here (load ~13 on 2 cores, smollm2-135m, 16 prompts): 2 threads gave 2.5 batched
-    tokens/s, 1 thread 15.9, because every multi-threaded matmul waits at a barrier for a thread
-    the scheduler has parked (serve at load ~3.7: 8.1 s with 2 threads, 0.1 s with 1).
-    """
-    import os
-
-    return 1 if load_avg > (os.cpu_count() or 1) else default
 
 
 @dataclass

@@ -26,7 +26,7 @@ from catalogtune.train.checkpoints import LoopState, MetricsLog, TensorBoard, ch
 from catalogtune.train.batches import Example, collate, eval_batches, make_schedule, tokenize
 from catalogtune.train.cpu_kernels import keep_freed_memory, weights_updated
 from catalogtune.train.model import LossModel, bf16_supported, load_for_training, load_trainable, trainable_state
-from catalogtune.core.util import CatalogtuneError, atomic_dir, atomic_write_json, peak_rss_mb
+from catalogtune.core.util import CatalogtuneError, atomic_dir, atomic_write_json, auto_threads, peak_rss_mb
 
 
 def make_optimizer(params: list, lr: float, weight_decay: float, device: torch.device,
@@ -86,7 +86,9 @@ class Loop:
         self.acc = acc = Accelerator(cpu=not torch.cuda.is_available())
         self.main = acc.is_main_process
         if acc.device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
-            torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // max(1, acc.num_processes)))
+            # 1 thread on an oversubscribed machine: 2 threads there ran a smollm2 step in 200 s, not 15
+            share = max(1, len(os.sched_getaffinity(0)) // max(1, acc.num_processes))
+            torch.set_num_threads(auto_threads(os.getloadavg()[0], share))
         if acc.device.type == "cpu" and cfg.fast_kernels:
             keep_freed_memory()
         self.bf16 = cfg.bf16 == "true" or (cfg.bf16 == "auto" and bf16_supported())

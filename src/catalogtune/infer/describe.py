@@ -1,0 +1,543 @@
+"""`catalogtune describe`: write descriptions for catalogue products, chunk by chunk, resumably.
+
+The input is streamed (``data.io.iter_chunks``: JSON lines plain or gzip, Parquet, CSV); the
+selected products (all, or with ``--only-missing`` those with an empty description, at most
+``--limit``) are cut into chunks of ``--chunk`` in file order. Chunk ``i`` becomes
+``OUT/part-00000i.parquet``, written atomically, so ``OUT`` is a Parquet dataset folder
+(``pandas.read_parquet(OUT)``); a kill loses at most the chunks in flight and a re-run skips
+every part already complete. ``OUT/_describe.json`` holds the settings (also in each part's
+schema metadata): a re-run with others is refused. ``OUT/_summary.json`` counts what was read,
+selected, skipped (by reason) and written. ``OUT/.lock`` keeps a second describe out.
+
+Engines: ``torch`` (the project's ``Generator``), ``vllm`` (CUDA; see ``VllmEngine``), and with
+``--ray-workers N`` the torch engine in a pool of N Ray Data actors (``describe_ray``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+from catalogtune.core.claims import unsupported_claims
+from catalogtune.core import config
+from catalogtune.core.decoding import DECODING
+from catalogtune.core.locks import folder_lock
+from catalogtune.core.util import CatalogtuneError, atomic_write, atomic_write_json, read_json
+
+FORMAT = 1
+MANIFEST, SUMMARY, LOCK = "_describe.json", "_summary.json", ".lock"
+BACKENDS = ("torch", "vllm")
+MAX_K = 20
+RAY_CHUNKS_PER_WORKER = 4
+"""Chunks per Ray Data window and worker: each window starts its own actor pool (one model load
+per actor), so a window must hold many chunks to hide that cost; the window is what a kill loses."""
+ClaimCheck = Callable[[str, str, Sequence[str]], "tuple[int, int]"]
+"""(output, title, reference texts) -> (claims, unsupported claims), e.g. evaluate.metrics.unsupported_claims."""
+
+
+@dataclass
+class DescribeConfig:
+    """Options of `catalogtune describe`."""
+
+    data: Path
+    """Catalogue file: JSON lines (.json/.jsonl, optionally .gz), Parquet or CSV with uid, title, content."""
+    out: Path
+    """Output folder (a Parquet dataset: one part file per chunk, plus _describe.json and _summary.json)."""
+    run: Path | None = None
+    """Training run folder (config.yaml + adapter/); without it --model alone runs the base model."""
+    model: str | None = None
+    """Base model name or path (overrides the run's base)."""
+    index: Path | None = None
+    """RAG index folder: the top-k records of each title are written as its references."""
+    k: int = 3
+    """References per product (with --index)."""
+    rag: bool = False
+    """Also put the references in the prompt (the RAG prompt layout)."""
+    only_missing: bool = False
+    """Describe only products whose description is empty or missing."""
+    limit: int | None = None
+    """Stop after this many selected products (None = all)."""
+    chunk: int = 256
+    """Products per part file (a kill loses at most the chunks in flight)."""
+    batch_size: int = 32
+    """Prompts per generation batch inside a chunk."""
+    max_new_tokens: int = DECODING.max_new_tokens
+    """Most tokens generated per description."""
+    backend: str = "torch"
+    """Generation engine: torch (CPU or CUDA) or vllm (CUDA, pip install vllm)."""
+    ray_workers: int = 0
+    """Run the torch engine in this many Ray Data actors (0 = in this process; pip install 'catalogtune[scale]')."""
+    bf16: bool | None = None
+    """bf16 autocast on CPU (default: where the CPU runs bf16 natively)."""
+    progress: bool = True
+    """Print one progress line per chunk to stderr."""
+
+    def __post_init__(self) -> None:
+        self.data, self.out = Path(self.data), Path(self.out)
+        if self.run is None and self.model is None:
+            raise ValueError("give --run RUN_DIR (fine-tuned) or --model NAME (base model)")
+        for name, lo in (("k", 1), ("chunk", 1), ("batch_size", 1), ("max_new_tokens", 1), ("ray_workers", 0)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < lo:
+                raise ValueError(f"{name} must be an integer >= {lo}")
+        if self.k > MAX_K:
+            raise ValueError(f"k must be at most {MAX_K}")
+        if self.limit is not None and (isinstance(self.limit, bool) or int(self.limit) < 1):
+            raise ValueError("limit must be at least 1")
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {', '.join(BACKENDS)}")
+        if self.backend == "vllm" and self.ray_workers:
+            raise ValueError("--ray-workers runs the torch engine; vLLM batches on one GPU by itself")
+        if self.rag and self.index is None:
+            raise ValueError("--rag needs --index INDEX_DIR")
+
+
+@dataclass
+class DescribeResult:
+    """What `run` did (also written as OUT/_summary.json)."""
+
+    summary: dict[str, Any]
+    """Counts: read, selected, bad records by reason, chunks written and skipped, rows, timing."""
+    out: Path
+    """The output folder."""
+
+
+# --- reading -------------------------------------------------------------------------------------
+
+
+def _row(uid: Any, title: Any, content: Any, bad: dict[str, int]) -> tuple[str, str, bool] | None:
+    """(uid, cleaned title, has a description) of one record, or None after counting why not."""
+    from catalogtune.core.prompt import clean_title
+    from catalogtune.data import clean
+
+    reason = ("missing_title" if title is None else "wrong_type" if not isinstance(title, str)
+              else "wrong_type" if content is not None and not isinstance(content, str) else None)
+    if reason is None:
+        try:
+            cleaned = clean_title(clean.clean_title(title), max_chars=clean.MAX_TITLE_CHARS)
+        except CatalogtuneError:
+            reason = "empty_title"
+    if reason is not None:
+        bad[reason] = bad.get(reason, 0) + 1
+        return None
+    has = isinstance(content, str) and bool(content.strip())
+    if isinstance(uid, bool) or not isinstance(uid, (str, int)) or not str(uid).strip():
+        uid = clean.stable_id(title, content or "")
+    return str(uid).strip(), cleaned, has
+
+
+def iter_records(path: Path, bad: dict[str, int], source: dict[str, Any]) -> Iterator[tuple[int, str, str, bool]]:
+    """Stream ``(line or row, uid, title, has_description)``; bad records are counted in ``bad``."""
+    import orjson
+
+    from catalogtune.data.io import LineChunk, SourceInfo, iter_chunks
+
+    info = SourceInfo(str(path))
+    for chunk in iter_chunks(Path(path), 0, info):
+        if isinstance(chunk, LineChunk):
+            for n, raw in enumerate(chunk.data.split(b"\n"), start=chunk.first_line):
+                if not raw.strip():
+                    continue
+                try:
+                    rec = orjson.loads(raw)
+                except orjson.JSONDecodeError:
+                    bad["invalid_json"] = bad.get("invalid_json", 0) + 1
+                    continue
+                if not isinstance(rec, dict):
+                    bad["not_object"] = bad.get("not_object", 0) + 1
+                    continue
+                row = _row(rec.get("uid"), rec.get("title"), rec.get("content"), bad)
+                if row is not None:
+                    yield (n, *row)
+        else:
+            for j, (uid, title, content) in enumerate(zip(chunk.uids, chunk.titles, chunk.contents)):
+                row = _row(uid, title, content, bad)
+                if row is not None:
+                    yield (chunk.first_row + j, *row)
+    for kind, count in info.malformed.items():
+        bad[kind] = bad.get(kind, 0) + count
+    source.update(format=info.format, truncated=info.truncated, error=info.error)
+
+
+def iter_chunks_of(cfg: DescribeConfig, counts: dict[str, Any]) -> Iterator[tuple[int, list[dict]]]:
+    """``(chunk index, products)`` of the selection in file order; ``counts`` fills as it streams."""
+    products: list[dict] = []
+    index = 0
+    for line, uid, title, has in iter_records(cfg.data, counts["bad"], counts["source"]):
+        counts["read_ok"] += 1
+        if cfg.only_missing and has:
+            counts["skipped_has_description"] += 1
+            continue
+        if cfg.limit is not None and counts["selected"] >= int(cfg.limit):
+            break
+        products.append({"seq": counts["selected"], "line": line, "uid": uid, "title": title})
+        counts["selected"] += 1
+        if len(products) == cfg.chunk:
+            yield index, products
+            index, products = index + 1, []
+    if products:
+        yield index, products
+
+
+# --- output folder -------------------------------------------------------------------------------
+
+
+def part_path(out: Path, index: int) -> Path:
+    """The part file of chunk ``index``."""
+    return Path(out) / f"part-{index:06d}.parquet"
+
+
+def part_rows(path: Path) -> int | None:
+    """Rows of a part file, or None when it is missing or unreadable (then it is rewritten)."""
+    import pyarrow.parquet as pq
+
+    try:
+        return int(pq.read_metadata(path).num_rows)
+    except Exception:  # noqa: BLE001 - any unreadable part is simply redone
+        return None
+
+
+def settings_of(cfg: DescribeConfig, base: str) -> dict[str, Any]:
+    """What the outputs depend on: a re-run must match these to resume (limit and workers do not count)."""
+    data = cfg.data.resolve()
+    run = Path(cfg.run).resolve() if cfg.run is not None else None
+    adapter = hashlib.sha256()
+    if run is not None and not (run / "adapter" / "adapter_config.json").is_file():
+        raise CatalogtuneError(f"run {run} has no adapter ({run}/adapter/adapter_config.json missing; train it first)")
+    if run is not None:
+        for f in sorted((run / "adapter").glob("adapter_*")):
+            adapter.update(f.name.encode() + f.read_bytes())
+    return {
+        "format": FORMAT, "data": str(data), "data_bytes": data.stat().st_size, "model": str(base),
+        "run": str(run) if run else None, "adapter_sha256": adapter.hexdigest() if run else None,
+        "index": str(Path(cfg.index).resolve()) if cfg.index is not None else None, "k": cfg.k,
+        "rag": cfg.rag, "only_missing": cfg.only_missing, "chunk": cfg.chunk, "backend": cfg.backend,
+        "decoding": DECODING.kwargs(max_new_tokens=cfg.max_new_tokens),
+    }
+
+
+def claim_settings(settings: dict[str, Any], check: ClaimCheck | None) -> dict[str, Any]:
+    """``settings`` plus which unsupported-claim check filled the claims columns (None: left empty)."""
+    name = f"{check.__module__}.{check.__qualname__}" if check is not None else None
+    return {**settings, "claims_check": name}
+
+
+def open_output(out: Path, settings: dict[str, Any]) -> None:
+    """Create ``out`` with its manifest, or check that an existing one was written with ``settings``."""
+    out = Path(out)
+    manifest = out / MANIFEST
+    if manifest.is_file():
+        old = read_json(manifest).get("settings", {})
+        diff = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
+        if diff:
+            raise CatalogtuneError(f"{out} was written with other settings ({', '.join(diff)}); "
+                                   f"use another --out or delete {out}")
+        return
+    if out.is_dir() and any(p.name != LOCK for p in out.iterdir()):
+        raise CatalogtuneError(f"{out} is not empty and holds no {MANIFEST}; use another --out")
+    atomic_write_json(manifest, {"settings": settings})
+
+
+def write_part(out: Path, index: int, rows: list[dict], settings: dict[str, Any]) -> None:
+    """Write one chunk's rows as its part file, atomically (the settings in the schema metadata)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = pa.schema([
+        ("seq", pa.int64()), ("line", pa.int64()), ("uid", pa.string()), ("title", pa.string()),
+        ("description", pa.string()), ("ref_ids", pa.list_(pa.string())), ("ref_scores", pa.list_(pa.float32())),
+        ("claims", pa.int32()), ("unsupported", pa.int32()), ("unsupported_flag", pa.bool_()),
+        ("new_tokens", pa.int32()), ("stopped", pa.string()),
+    ], metadata={"catalogtune.describe": json.dumps(settings, sort_keys=True)})
+    table = pa.Table.from_pylist(rows, schema=schema)
+    with atomic_write(part_path(out, index), "wb") as fh:
+        pq.write_table(table, fh)
+
+
+# --- one chunk -------------------------------------------------------------------------------------
+
+
+def references(index: Any, products: list[dict], k: int) -> list[list[dict]]:
+    """The top-k index records of each product's title (empty lists without an index)."""
+    if index is None:
+        return [[] for _ in products]
+    return index.query([p["title"] for p in products], k)
+
+
+def finish_rows(products: list[dict], refs: list[list[dict]], gens: list[dict],
+                check: ClaimCheck | None) -> list[dict]:
+    """Output rows: each product with its description, references and unsupported-claim counts."""
+    rows = []
+    for p, r, g in zip(products, refs, gens):
+        claims = bad = None
+        if check is not None:
+            support = [f"{x.get('title', '')}. {x.get('content', '')}" for x in r]
+            claims, bad = check(g["text"], p["title"], support)
+        rows.append({**p, "description": g["text"], "ref_ids": [str(x.get("id", "")) for x in r],
+                     "ref_scores": [float(x.get("score", 0.0)) for x in r], "claims": claims, "unsupported": bad,
+                     "unsupported_flag": None if bad is None else bad > 0,
+                     "new_tokens": int(g["new_tokens"]), "stopped": g["stopped"]})
+    return rows
+
+
+class TorchEngine:
+    """The project's ``Generator`` (adapter merged) as a describe engine."""
+
+    def __init__(self, run: str | Path | None, model: str | None, bf16: bool | None = None) -> None:
+        """Load the run's base + adapter, or the base model alone."""
+        from catalogtune.infer.generate import Generator
+
+        self.gen = Generator.from_run(run, model=model, bf16=bf16) if run else Generator.from_model(model, bf16=bf16)
+
+    def describe(self, titles: list[str], contexts: list[list[dict]], max_new_tokens: int,
+                 batch_size: int) -> list[dict]:
+        """One ``{"text", "new_tokens", "stopped"}`` per title, decoded with ``DECODING``."""
+        prompts = [self.gen.prompt(t, c or None) for t, c in zip(titles, contexts)]
+        outs = self.gen.generate(prompts, batch_size=batch_size, use_adapter=self.gen.has_adapter,
+                                 **DECODING.kwargs(max_new_tokens=max_new_tokens))
+        return [{"text": g.text, "new_tokens": g.new_tokens, "stopped": g.stopped} for g in outs]
+
+
+def _import_vllm() -> Any:
+    try:
+        import vllm
+    except ImportError:
+        raise CatalogtuneError("--backend vllm needs vLLM (a CUDA machine): pip install vllm") from None
+    return vllm
+
+
+class VllmEngine:
+    """vLLM on CUDA: ``vllm.LLM(enable_lora=True)``, the run's adapter as a ``LoRARequest``, greedy.
+
+    Same prompts as the torch engine (token ids, the same left cap), ``temperature=0``, the same
+    ``max_tokens``, repetition penalty and stop tokens. Differences that vLLM's ``SamplingParams``
+    imposes: its repetition penalty counts the prompt's tokens too (DECODING's ``penalty_scope``
+    "output" cannot be expressed), and it has no no-repeat n-gram rule, so outputs differ from
+    the torch engine's.
+    """
+
+    def __init__(self, run: str | Path | None, model: str | None, max_new_tokens: int) -> None:
+        """Start vLLM on the run's base model (needs CUDA)."""
+        vllm = _import_vllm()
+        import torch
+        from transformers import AutoTokenizer
+        from vllm.lora.request import LoRARequest
+
+        from catalogtune.core import models
+        from catalogtune.core.prompt import stop_token_ids
+        from catalogtune.infer.generate import MAX_PROMPT_TOKENS, base_model_of
+
+        if not torch.cuda.is_available():
+            raise CatalogtuneError("--backend vllm needs a CUDA GPU; use --backend torch on this machine")
+        base = models.resolve(model or base_model_of(Path(run)))  # type: ignore[arg-type]
+        self.tok = AutoTokenizer.from_pretrained(str(base))
+        self.stops = set(stop_token_ids(self.tok))
+        max_pos = int(read_json(base / "config.json").get("max_position_embeddings") or 2048)
+        max_len = min(MAX_PROMPT_TOKENS + max_new_tokens, max_pos)
+        self.cap = max(1, max_len - max_new_tokens)
+        kw: dict[str, Any] = {}
+        self.lora = None
+        if run is not None:
+            adapter = Path(run) / "adapter"
+            rank = int(read_json(adapter / "adapter_config.json").get("r", 16))
+            kw = dict(enable_lora=True, max_loras=1,
+                      max_lora_rank=next((r for r in (8, 16, 32, 64, 128, 256, 512) if r >= rank), 512))
+            self.lora = LoRARequest("catalogtune-run", 1, str(adapter))
+        self.llm = vllm.LLM(model=str(base), tokenizer=str(base), seed=0, max_model_len=max_len, **kw)
+        self.params = vllm.SamplingParams(temperature=0.0, max_tokens=max_new_tokens, seed=0,
+                                          repetition_penalty=DECODING.repetition_penalty,
+                                          stop_token_ids=sorted(self.stops), skip_special_tokens=True)
+
+    def _ids(self, title: str, context: list[dict]) -> list[int]:
+        from catalogtune.core.prompt import build_prompt
+
+        add = not bool(getattr(self.tok, "chat_template", None))
+        ctx = list(context)
+        while True:  # as Generator.prompt: drop references from the end until the prompt fits
+            ids = list(self.tok(build_prompt(self.tok, title, context=ctx or None), add_special_tokens=add)["input_ids"])
+            if not ctx or len(ids) <= self.cap:
+                return ids[-self.cap:]
+            ctx.pop()
+
+    def describe(self, titles: list[str], contexts: list[list[dict]], max_new_tokens: int,
+                 batch_size: int) -> list[dict]:
+        """One ``{"text", "new_tokens", "stopped"}`` per title (vLLM schedules its own batches)."""
+        import re
+
+        prompts = [{"prompt_token_ids": self._ids(t, c)} for t, c in zip(titles, contexts)]
+        outs = self.llm.generate(prompts, self.params, lora_request=self.lora, use_tqdm=False)
+        res = []
+        for o in outs:
+            c = o.outputs[0]
+            ids = [t for t in c.token_ids]
+            if ids and ids[-1] in self.stops:
+                ids = ids[:-1]
+            text = re.sub(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]", " ", self.tok.decode(ids, skip_special_tokens=True))
+            res.append({"text": text.strip(), "new_tokens": len(ids),
+                        "stopped": "eos" if c.finish_reason == "stop" else "length"})
+        return res
+
+
+def open_engine(cfg: DescribeConfig) -> Any:
+    """The engine ``cfg.backend`` names, loaded."""
+    if cfg.backend == "vllm":
+        return VllmEngine(cfg.run, cfg.model, cfg.max_new_tokens)
+    return TorchEngine(cfg.run, cfg.model, bf16=cfg.bf16)
+
+
+# --- Ray Data ------------------------------------------------------------------------------------
+
+
+class RayDescriber:
+    """A Ray Data actor: one torch engine (1 thread), one whole chunk per call."""
+
+    def __init__(self, run: str | None, model: str | None, bf16: bool | None, max_new_tokens: int,
+                 batch_size: int) -> None:
+        """Load the model once per actor."""
+        import torch
+
+        torch.set_num_threads(1)  # one actor per core: threads would only fight over the cores
+        self.engine = TorchEngine(run, model, bf16=bf16)
+        self.mnt, self.bs = max_new_tokens, batch_size
+
+    def __call__(self, batch: dict) -> dict:
+        """``{"chunk", "payload"}`` (JSON titles + contexts) -> ``{"chunk", "result"}`` (JSON generations)."""
+        import numpy as np
+
+        out = []
+        for payload in batch["payload"]:
+            job = json.loads(payload)
+            out.append(json.dumps(self.engine.describe(job["titles"], job["contexts"], self.mnt, self.bs)))
+        return {"chunk": np.asarray(batch["chunk"]), "result": np.asarray(out, dtype=object)}
+
+
+def describe_ray(cfg: DescribeConfig, jobs: Iterator[tuple[int, list[dict], list[list[dict]]]]
+                 ) -> Iterator[tuple[int, list[dict]]]:
+    """``(chunk index, generations)`` of each job from ``map_batches`` over ``ray_workers`` actors.
+
+    Jobs go in windows of ``RAY_CHUNKS_PER_WORKER`` chunks per worker (``ray.data.from_items``
+    needs a list; a window bounds memory), one chunk per block, so the pool shares them out.
+    """
+    from catalogtune.core.util import require
+
+    ray = require("ray", extra="scale")
+    started = not ray.is_initialized()
+    if started:
+        ray.init(num_cpus=cfg.ray_workers, include_dashboard=False, log_to_driver=False)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    args = dict(run=str(cfg.run) if cfg.run else None, model=cfg.model, bf16=cfg.bf16,
+                max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size)
+    try:
+        window: list[tuple[int, list[dict], list[list[dict]]]] = []
+        for job in jobs:
+            window.append(job)
+            if len(window) >= cfg.ray_workers * RAY_CHUNKS_PER_WORKER:
+                yield from _ray_window(ray, cfg.ray_workers, window, args)
+                window = []
+        if window:
+            yield from _ray_window(ray, cfg.ray_workers, window, args)
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _ray_window(ray: Any, workers: int, window: list, args: dict) -> Iterator[tuple[int, list[dict]]]:
+    items = [{"chunk": i, "payload": json.dumps({"titles": [p["title"] for p in prods], "contexts": ctx})}
+             for i, prods, ctx in window]
+    ds = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
+        RayDescriber, batch_size=1, batch_format="numpy", num_cpus=1, fn_constructor_kwargs=args,
+        compute=ray.data.ActorPoolStrategy(size=min(workers, len(items))))
+    for row in ds.iter_rows():
+        yield int(row["chunk"]), json.loads(row["result"])
+
+
+# --- the stage -----------------------------------------------------------------------------------
+
+
+def _pending(cfg: DescribeConfig, counts: dict, index: Any, held: dict) -> Iterator[tuple[int, list[dict], list]]:
+    """Chunks without a complete part file, with their references (kept in ``held`` until written)."""
+    for i, products in iter_chunks_of(cfg, counts):
+        if part_rows(part_path(cfg.out, i)) == len(products):
+            counts["chunks_skipped"] += 1
+            continue
+        refs = references(index, products, cfg.k)
+        held[i] = (products, refs)
+        yield i, products, [r if cfg.rag else [] for r in refs]
+
+
+def _results(cfg: DescribeConfig, jobs: Iterator, engine: Any) -> Iterator[tuple[int, list[dict]]]:
+    """``(chunk index, generations)`` per pending chunk: Ray actors, or one engine loaded on first use."""
+    if cfg.ray_workers:
+        yield from describe_ray(cfg, jobs)
+        return
+    for i, products, ctx in jobs:
+        engine = engine or open_engine(cfg)
+        yield i, engine.describe([p["title"] for p in products], ctx, cfg.max_new_tokens, cfg.batch_size)
+
+
+def run(cfg: DescribeConfig, check: ClaimCheck | None = unsupported_claims, engine: Any = None) -> DescribeResult:
+    """Describe the selected products of ``cfg.data`` into ``cfg.out`` (resuming a previous run).
+
+    ``check`` fills the claims columns (``core.claims.unsupported_claims``, the check
+    ``evaluate`` uses; None leaves them empty); ``engine`` replaces the one ``cfg`` names.
+    """
+    from catalogtune.data.io import check_readable
+    from catalogtune.infer.ask import open_index
+    from catalogtune.infer.generate import base_model_of
+
+    check_readable(cfg.data)
+    if cfg.out.exists() and not cfg.out.is_dir():
+        raise CatalogtuneError(f"--out {cfg.out} is a file; describe writes a folder of part files (choose another --out)")
+    if cfg.backend == "vllm" and engine is None:
+        _import_vllm()  # fail before reading anything
+    base = cfg.model or base_model_of(Path(cfg.run))  # type: ignore[arg-type]
+    settings = claim_settings(settings_of(cfg, base), check)
+    index = open_index(cfg.index) if cfg.index is not None else None
+    counts: dict[str, Any] = {"read_ok": 0, "selected": 0, "skipped_has_description": 0, "bad": {}, "source": {},
+                              "chunks_written": 0, "chunks_skipped": 0, "rows_written": 0, "new_tokens": 0,
+                              "unsupported_rows": 0, "chunk_work_s": 0.0, "complete": False}
+    t0 = time.perf_counter()
+    with folder_lock(cfg.out / LOCK, f"the describe output {cfg.out}", target=cfg.out):
+        open_output(cfg.out, settings)
+        held: dict[int, tuple[list[dict], list]] = {}
+        results = _results(cfg, _pending(cfg, counts, index, held), engine)
+        tick = time.perf_counter()
+        for i, gens in results:
+            products, refs = held.pop(i)
+            rows = finish_rows(products, refs, gens, check)
+            write_part(cfg.out, i, rows, settings)
+            _count(counts, rows, time.perf_counter() - tick)
+            tick = time.perf_counter()
+            atomic_write_json(cfg.out / SUMMARY, counts)
+            if cfg.progress:
+                print(f"describe: chunk {i} written ({counts['rows_written']} products this run, "
+                      f"{counts['chunks_skipped']} chunks already done)", file=sys.stderr, flush=True)
+        counts.update(complete=True, seconds=round(time.perf_counter() - t0, 2),
+                      rows_in_output=sum(part_rows(p) or 0 for p in sorted(cfg.out.glob("part-*.parquet"))))
+        gen_s = counts["chunk_work_s"]
+        counts["products_per_s"] = round(counts["rows_written"] / gen_s, 3) if gen_s else None
+        atomic_write_json(cfg.out / SUMMARY, counts)
+    return DescribeResult(summary=counts, out=cfg.out)
+
+
+def _count(counts: dict, rows: list[dict], seconds: float) -> None:
+    counts["chunks_written"] += 1
+    counts["rows_written"] += len(rows)
+    counts["new_tokens"] += sum(r["new_tokens"] for r in rows)
+    counts["unsupported_rows"] += sum(bool(r["unsupported_flag"]) for r in rows)
+    counts["chunk_work_s"] = round(counts["chunk_work_s"] + seconds, 3)
+
+
+def main(argv: list[str]) -> int:
+    """`catalogtune describe --data FILE --run RUN --out OUT [--index IDX] [--only-missing] [--limit N] ...`."""
+    cfg = config.parse(DescribeConfig, argv, "catalogtune describe", __doc__.splitlines()[0])
+    res = run(cfg)
+    s = res.summary
+    print(f"described {s['rows_written']} products ({s['chunks_skipped']} chunks already done, "
+          f"{sum(s['bad'].values())} bad records skipped); {s['rows_in_output']} rows in {res.out}")
+    return 0
