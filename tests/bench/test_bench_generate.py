@@ -29,6 +29,28 @@ def test_bench_generate_json_line(tiny_model_dir, sample_path, capsys):
     assert res["speedup"] == pytest.approx(ratio, rel=0.02)
     assert res["generator_bs1_tokens_per_s"] > 0
     assert torch.get_num_threads() == threads  # the bench gives the process-wide setting back
+    # evaluate's settings by default: references in the prompt, the project's repetition rules
+    assert res["settings"] == "evaluate" and res["decoding"]["no_repeat_ngram_size"] == 3
+    assert res["mean_prompt_tokens"] > 60
+    # the roofline: weights read once per step, 2 FLOPs per weight per row, whichever is slower
+    limit = res["batch_size"] / max(res["weight_bytes_per_step"] / (res["memory_bandwidth_gb_s"] * 1e9),
+                                    2 * res["linear_weights"] * res["batch_size"] / (res["matmul_ceiling_tflops"] * 1e12))
+    assert res["roofline_tokens_per_s"] == pytest.approx(limit, rel=0.01)
+    assert res["share_of_roofline"] == pytest.approx(res["batched_tokens_per_s"] / res["roofline_tokens_per_s"], rel=0.02, abs=1e-4)
+
+
+def test_bench_generate_plain_settings_with_a_run(tiny_model_dir, tmp_path, sample_path, capsys):
+    from helpers import make_run
+
+    run = make_run(tmp_path / "run", tiny_model_dir)
+    argv = ["bench", "generate", "--run", str(run), "--prompts", "3", "--max-new-tokens", "5", "--batch-size", "3",
+            "--sample", str(sample_path), "--no-bf16", "--settings", "plain", "--no-roofline"]
+    assert cli.main(argv) == 0
+    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert res["run"] == str(run) and res["settings"] == "plain" and "roofline_tokens_per_s" not in res
+    # the merged copy (batched) and the adapter layers (anchor) give the same greedy texts
+    assert res["same_text_as_anchor"] == 3 and res["decoding"]["repetition_penalty"] == 1.0
+    assert res["mean_prompt_tokens"] < 60
 
 
 def test_titles_from_sample(sample_path, tmp_path):
@@ -43,7 +65,8 @@ def test_titles_from_sample(sample_path, tmp_path):
         BG.load_titles(tmp_path / "missing.jsonl", 1)
 
 
-@pytest.mark.parametrize("opt", [["--prompts", "0"], ["--max-new-tokens", "5000"], ["--batch-size", "0"]])
+@pytest.mark.parametrize("opt", [["--prompts", "0"], ["--max-new-tokens", "5000"], ["--batch-size", "0"],
+                                 ["--settings", "fast"]])
 def test_bad_options(opt, capsys):
     assert cli.main(["bench", "generate", *opt]) == 2
 

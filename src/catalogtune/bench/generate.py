@@ -3,9 +3,19 @@
 Both paths get the same prompts (real titles from the shared sample, the project's prompt
 template), greedy decoding, the same max_new_tokens and the same stop tokens; each counts the
 tokens it generated before the stop token. The anchor is transformers' ``model.generate`` on one
-prompt at a time with the model as loaded (fp32), measured in the same process, interleaved with
-the batched path batch by batch. The machine is shared, so CPU seconds are reported beside wall
-seconds.
+prompt at a time with the model as loaded (fp32; with ``--run``, the PEFT model with its adapter
+layers), measured in the same process, interleaved with the batched path batch by batch.
+
+``--settings evaluate`` (the default) measures what ``evaluate`` does: the project's decoding
+(repetition penalty and no repeated 3-grams on the output, on both paths), RAG-length prompts
+(three other catalogue records as references) and, with ``--run``, the adapter on.
+``--settings plain``: bare greedy decoding of bare title prompts.
+
+The roofline is the best a decode step could do at the batch used: it must read every weight
+once (bytes / measured memory bandwidth) and do 2 FLOPs per weight per row (FLOPs / measured
+matmul ceiling in the dtype generation runs in); tokens/s <= batch / max(both times). KV-cache
+reads and attention are left out, so the real limit is a little lower. The machine is shared, so
+CPU seconds are reported beside wall seconds.
 """
 
 from __future__ import annotations
@@ -44,6 +54,12 @@ class BenchGenerateConfig:
     """torch threads (default: one per core, or 1 when the machine is already busier than its cores)."""
     same_precision_anchor: bool = False
     """Also time the Generator itself one prompt at a time (separates batching from bf16)."""
+    run: Path | None = None
+    """Training run whose adapter is on (the fine-tuned model, as evaluate's "finetuned" system)."""
+    settings: str = "evaluate"
+    """evaluate: the project's decoding and RAG-length prompts; plain: greedy on bare title prompts."""
+    roofline: bool = True
+    """Measure memory bandwidth and the matmul ceiling and print the roofline at the batch used."""
 
     def __post_init__(self) -> None:
         for name in ("prompts", "max_new_tokens", "batch_size"):
@@ -53,6 +69,8 @@ class BenchGenerateConfig:
             raise ValueError("threads must be >= 1")
         if self.max_new_tokens > 1024:
             raise ValueError("max_new_tokens must be <= 1024 (the generator's hard cap)")
+        if self.settings not in ("evaluate", "plain"):
+            raise ValueError("settings must be evaluate or plain")
 
 
 @dataclass
@@ -65,29 +83,48 @@ class BenchGenerateResult:
 
 def load_titles(path: Path | None, n: int) -> list[str]:
     """The first ``n`` non-empty titles of a JSONL file (the shared sample by default)."""
+    return [r["title"] for r in load_records(path, n)]
+
+
+def load_records(path: Path | None, n: int) -> list[dict]:
+    """The first ``n`` records with a non-empty title of a JSONL file (the shared sample by default)."""
     path = path or shared_sample()
     if path is None or not Path(path).is_file():
         raise CatalogtuneError(f"title sample not found: {path or 'shared/data/amazon_titles_sample.jsonl'}"
                                " (give --sample FILE.jsonl)")
-    titles: list[str] = []
+    records: list[dict] = []
     with open(path, encoding="utf-8") as fh:
         for line in fh:
             try:
-                title = json.loads(line).get("title")
+                rec = json.loads(line)
+                title = rec.get("title")
             except (ValueError, AttributeError):
                 continue  # a bad line is skipped: the bench needs titles, not every record
             if isinstance(title, str) and title.strip():
-                titles.append(title)
-            if len(titles) == n:
+                content = rec.get("content")
+                records.append({"title": title, "content": content if isinstance(content, str) else ""})
+            if len(records) == n:
                 break
-    if len(titles) < n:
-        raise CatalogtuneError(f"{path} has only {len(titles)} usable titles, {n} asked")
-    return titles
+    if len(records) < n:
+        raise CatalogtuneError(f"{path} has only {len(records)} usable titles, {n} asked")
+    return records
 
 
-def _plain_generate(gen: Any, prompts: list[str], max_new_tokens: int) -> tuple[int, list[str]]:
-    """The anchor: ``model.generate`` on one prompt at a time, greedy, no batching, no autocast."""
+def rag_contexts(records: list[dict], k: int = 3) -> list[list[dict]]:
+    """For each record, ``k`` other records with a description as its references (RAG-length prompts)."""
+    pool = [r for r in records if r["content"].strip()] or records
+    return [[pool[(i + j) % len(pool)] for j in range(1, k + 1)] for i in range(len(records))]
+
+
+def _plain_generate(gen: Any, prompts: list[str], max_new_tokens: int, rules: tuple[float, int] = (1.0, 0),
+                    ) -> tuple[int, list[str]]:
+    """The anchor: ``model.generate`` on one prompt at a time, greedy, no batching, no autocast.
+
+    ``rules`` (repetition penalty, no-repeat n-gram size) on the output, as the batched path.
+    """
     import torch
+
+    from catalogtune.core.decoding import output_rules
 
     stops = set(gen.stop_ids)
     total, texts = 0, []
@@ -96,11 +133,12 @@ def _plain_generate(gen: Any, prompts: list[str], max_new_tokens: int) -> tuple[
         with torch.inference_mode():
             out = gen.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
                                      max_new_tokens=max_new_tokens, eos_token_id=gen.stop_ids,
-                                     pad_token_id=gen.tok.pad_token_id)
+                                     pad_token_id=gen.tok.pad_token_id,
+                                     logits_processor=output_rules(ids.shape[1], *rules))
         new = out[0, ids.shape[1]:].tolist()
         cut = next((j for j, t in enumerate(new) if t in stops), len(new))
         total += cut
-        texts.append(gen.tok.decode(new[:cut], skip_special_tokens=True).strip())
+        texts.append(gen._decode(new[:cut]))  # the same text clean-up as the batched path
     return total, texts
 
 
@@ -116,14 +154,19 @@ def run(cfg: BenchGenerateConfig) -> BenchGenerateResult:
 
     from catalogtune.infer.generate import Generator
 
-    titles = load_titles(cfg.sample, int(cfg.prompts))
+    records = load_records(cfg.sample, int(cfg.prompts))
     load_before = os.getloadavg()[0]
     old_threads = torch.get_num_threads()
     threads = int(cfg.threads) if cfg.threads is not None else auto_threads(load_before, old_threads)
     torch.set_num_threads(threads)
     try:  # the thread count is process-wide: give it back (tests call this in-process)
-        gen = Generator.from_model(cfg.model, bf16=cfg.bf16)
-        figures = _measure(gen, [gen.prompt(t) for t in titles], cfg)
+        gen = (Generator.from_run(cfg.run, bf16=cfg.bf16) if cfg.run is not None
+               else Generator.from_model(cfg.model, bf16=cfg.bf16))
+        contexts = rag_contexts(records) if cfg.settings == "evaluate" else [None] * len(records)
+        prompts = [gen.prompt(r["title"], context=c) for r, c in zip(records, contexts)]
+        figures = _measure(gen, prompts, cfg)
+        if cfg.roofline:
+            figures.update(roofline(gen, int(cfg.batch_size), figures["batched_tokens_per_s"]))
     finally:
         torch.set_num_threads(old_threads)
     figures.update(threads=threads, load_avg_1m=[round(load_before, 2), round(os.getloadavg()[0], 2)])
@@ -131,10 +174,14 @@ def run(cfg: BenchGenerateConfig) -> BenchGenerateResult:
 
 
 def _measure(gen: Any, prompts: list[str], cfg: BenchGenerateConfig) -> dict[str, Any]:
+    from catalogtune.core.decoding import DECODING
+
     mnt = int(cfg.max_new_tokens)
+    rules = (DECODING.repetition_penalty, DECODING.no_repeat_ngram_size) if cfg.settings == "evaluate" else (1.0, 0)
+    kw = {"repetition_penalty": rules[0], "no_repeat_ngram_size": rules[1], "penalty_scope": "output"}
     # Warm both paths (allocator, oneDNN kernels) so neither pays first-call costs in the timing.
-    gen.generate(prompts[:2], max_new_tokens=4, batch_size=2)
-    _plain_generate(gen, prompts[:1], 4)
+    gen.generate(prompts[:2], max_new_tokens=4, batch_size=2, **kw)
+    _plain_generate(gen, prompts[:1], 4, rules)
 
     # Interleave the two paths batch by batch: on a shared machine the load drifts, and both paths
     # should see the same drift. The batched path still gets whole batches of ``batch_size``.
@@ -145,10 +192,10 @@ def _measure(gen: Any, prompts: list[str], cfg: BenchGenerateConfig) -> dict[str
     s_tokens = 0
     for start in range(0, len(prompts), bs):
         chunk = prompts[start : start + bs]
-        res, w, c = _timed(partial(gen.generate, chunk, max_new_tokens=mnt, batch_size=bs))
+        res, w, c = _timed(partial(gen.generate, chunk, max_new_tokens=mnt, batch_size=bs, **kw))
         outs += res
         b_wall, b_cpu = b_wall + w, b_cpu + c
-        (n, texts), w, c = _timed(partial(_plain_generate, gen, chunk, mnt))
+        (n, texts), w, c = _timed(partial(_plain_generate, gen, chunk, mnt, rules))
         s_tokens, s_wall, s_cpu = s_tokens + n, s_wall + w, s_cpu + c
         s_texts += texts
         print(f"bench generate: {start + len(chunk)}/{len(prompts)} prompts "
@@ -157,6 +204,10 @@ def _measure(gen: Any, prompts: list[str], cfg: BenchGenerateConfig) -> dict[str
     figures: dict[str, Any] = {
         "bench": "generate",
         "model": str(cfg.model),
+        "run": str(cfg.run) if cfg.run is not None else None,
+        "settings": cfg.settings,
+        "decoding": {"repetition_penalty": rules[0], "no_repeat_ngram_size": rules[1], "penalty_scope": "output"},
+        "mean_prompt_tokens": round(sum(g.prompt_tokens for g in outs) / max(1, len(outs)), 1),
         "prompts": len(prompts),
         "max_new_tokens": mnt,
         "batch_size": int(cfg.batch_size),
@@ -176,11 +227,49 @@ def _measure(gen: Any, prompts: list[str], cfg: BenchGenerateConfig) -> dict[str
         "same_text_as_anchor": sum(g.text == t for g, t in zip(outs, s_texts)),
     }
     if cfg.same_precision_anchor:
-        one, o_wall, _ = _timed(lambda: gen.generate(prompts, max_new_tokens=mnt, batch_size=1))
+        one, o_wall, _ = _timed(lambda: gen.generate(prompts, max_new_tokens=mnt, batch_size=1, **kw))
         o_tokens = sum(g.new_tokens for g in one)
         figures["generator_bs1_tokens_per_s"] = round(o_tokens / o_wall, 2)
         figures["speedup_same_precision"] = round((b_tokens / b_wall) / (o_tokens / o_wall), 2) if o_tokens else None
     return figures
+
+
+def memory_bandwidth_gb_s(mb: int = 256, trials: int = 5) -> float:
+    """Copy bandwidth (GB/s, read + write counted) of a ``mb`` MB float32 tensor, median of ``trials``."""
+    import statistics
+
+    import torch
+
+    src = torch.ones(mb * 2**20 // 4)
+    dst = torch.empty_like(src)
+    dst.copy_(src)  # fault the pages in before timing
+    times = []
+    for _ in range(trials):
+        t0 = time.perf_counter()
+        dst.copy_(src)
+        times.append(time.perf_counter() - t0)
+    return 2 * src.numel() * 4 / statistics.median(times) / 1e9
+
+
+def roofline(gen: Any, batch: int, measured_tok_s: float) -> dict[str, Any]:
+    """The decode roofline at ``batch`` rows for ``gen``'s model, and the measured share of it."""
+    import torch
+
+    from catalogtune.bench.ceiling import matmul_ceiling_tflops
+
+    with gen._adapter(True) as net:  # the module fine-tuned outputs come from (merged when there is an adapter)
+        linear = [m.weight for m in net.modules() if isinstance(m, torch.nn.Linear)]
+    weights = sum(w.numel() for w in linear)
+    dtype = "bfloat16" if gen.bf16 else "float32"
+    bytes_per_step = sum(w.numel() * w.element_size() for w in linear)  # as stored (autocast reads fp32)
+    bw = memory_bandwidth_gb_s()
+    tflops = matmul_ceiling_tflops(n=1024, dtype=dtype)
+    step_s = max(bytes_per_step / (bw * 1e9), 2.0 * weights * batch / (tflops * 1e12))
+    limit = batch / step_s
+    return {"roofline_tokens_per_s": round(limit, 1), "share_of_roofline": round(measured_tok_s / limit, 4),
+            "roofline_bound": "memory" if bytes_per_step / (bw * 1e9) >= 2.0 * weights * batch / (tflops * 1e12) else "compute",
+            "memory_bandwidth_gb_s": round(bw, 2), "matmul_ceiling_tflops": round(tflops, 3),
+            "ceiling_dtype": dtype, "linear_weights": weights, "weight_bytes_per_step": bytes_per_step}
 
 
 def main(argv: list[str]) -> int:
