@@ -1,11 +1,12 @@
-# Two commands: `make demo` and `make test`. Both create or update .venv idempotently first.
+# Two commands: `make demo` and `make test`. Both create or update .venv idempotently first;
+# `make test` and `make video` also install Debian's chromium (+ ffmpeg) where they can (.ci/chromium.sh).
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.catalogtune-installed
 PYTEST_ARGS ?=
 
-.PHONY: venv demo test test-fast bench app clean
+.PHONY: venv chromium demo test test-fast bench app video clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,10 +21,15 @@ $(STAMP): pyproject.toml Makefile
 
 venv: $(STAMP)
 
+# Browser tests and the video: installs chromium, fonts-dejavu-core and ffmpeg as root or with
+# passwordless sudo; otherwise prints the one command to run and carries on (the tests skip).
+chromium:
+	@bash .ci/chromium.sh
+
 demo: venv
 	$(VENV)/bin/catalogtune demo --out demo-out
 
-test: venv
+test: venv chromium
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 test-fast: venv
@@ -37,6 +43,11 @@ bench: venv
 
 app: venv
 	$(VENV)/bin/catalogtune app --workspace demo-out
+
+# A captioned walkthrough of the app on demo-out/: demo-out/video/walkthrough.webm + PNG stills.
+video: venv chromium
+	@test -d demo-out || { echo "make video: no demo-out/ here: run 'make demo' first"; exit 1; }
+	$(PY) -m catalogtune.app.video --workspace demo-out
 
 clean:
 	rm -rf demo-out .pytest_cache test-artifacts

@@ -1,42 +1,32 @@
 """End to end: the app served on 127.0.0.1, driven in headless Chromium by Playwright.
 
 Screenshots go to ``test-artifacts/`` (git-ignored). Needs the Debian ``chromium`` package at
-/usr/bin/chromium (no browser download); skipped with a reason otherwise.
+/usr/bin/chromium (no browser download; ``make test`` installs it through .ci/chromium.sh where
+it can); skipped otherwise, naming the one command that installs it.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import re
-import signal
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 from helpers import make_run
 
-CHROMIUM = Path("/usr/bin/chromium")
+from catalogtune.app.video import CHROMIUM, INSTALL_HINT, LAUNCH_ARGS
+from catalogtune.app.walkthrough import SETTLED
+
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
-LAUNCH_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-               "--disable-component-update", "--disable-sync"]
 
 pytestmark = [
     pytest.mark.integration,
-    pytest.mark.skipif(not CHROMIUM.is_file(), reason="needs /usr/bin/chromium (apt-get install chromium chromium-driver)"),
+    pytest.mark.skipif(not CHROMIUM.is_file(), reason=f"needs {CHROMIUM}: run `{INSTALL_HINT}`"),
     pytest.mark.skipif(importlib.util.find_spec("playwright") is None, reason="needs playwright (pip install playwright)"),
 ]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -66,48 +56,15 @@ def workspace(tmp_path_factory, sample_path, tiny_model_dir) -> Path:
 
 @pytest.fixture(scope="module")
 def server(workspace):
-    """`catalogtune app` on a free 127.0.0.1 port; yields its base URL."""
-    port = _free_port()
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
-    log = open(workspace / "app.log", "wb")  # a file, not a pipe nobody reads after the test
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "catalogtune", "app", "--port", str(port), "--workspace", str(workspace)],
-        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while True:
-        try:
-            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
-                if r.status == 200:
-                    break
-        except OSError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            _stop(proc)
-            out = (workspace / "app.log").read_text(errors="replace")
-            pytest.fail(f"the app did not answer on {url}: {out[-2000:]}")
-        time.sleep(0.3)
-    yield url
-    _stop(proc)
-    log.close()
+    """`catalogtune app` on a free 127.0.0.1 port (app/server.py, as the video uses); yields its base URL."""
+    from catalogtune.app.server import serve
+    from catalogtune.core.util import CatalogtuneError
 
-
-def _stop(proc: subprocess.Popen) -> None:
-    """SIGTERM to the wrapper (it forwards to streamlit), then SIGKILL to whatever is left of the group."""
-    proc.terminate()
     try:
-        proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        pass
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            os.killpg(proc.pid, 0)
-        except ProcessLookupError:
-            return
-        time.sleep(0.2)
-    os.killpg(proc.pid, signal.SIGKILL)
+        with serve(workspace, workspace / "app.log") as url:
+            yield url
+    except CatalogtuneError as exc:
+        pytest.fail(str(exc))
 
 
 @pytest.fixture(scope="module")
@@ -128,10 +85,6 @@ def _open(page, server: str, path: str, heading: str) -> None:
     page.get_by_role("heading", name=heading).first.wait_for()
 
 
-SETTLED = """() => !document.querySelector(
-    '[data-testid^=stStatusWidgetRunning], [data-stale=true], [data-testid=stSkeleton]')"""
-
-
 def _shot(page, name: str) -> None:
     """Screenshot once the script run has finished (no running icon, no stale or skeleton elements)."""
     from playwright.sync_api import Error
@@ -148,7 +101,7 @@ def test_every_page_loads(page, server):
     # The server must listen on loopback only.
     assert server.startswith("http://127.0.0.1:")
     for path, heading in [("", "catalogtune"), ("data", "Data"), ("finetune", "Fine-tune"),
-                          ("compare", "Compare"), ("evaluation", "Evaluation")]:
+                          ("compare", "Compare"), ("evaluation", "Evaluation"), ("experiments", "Experiments")]:
         _open(page, server, path, heading)
         assert page.locator('[data-testid="stException"]').count() == 0, path
         _shot(page, path or "home")
@@ -196,3 +149,33 @@ def test_start_and_cancel_training(page, server, workspace):
     expect(page.get_by_role("button", name="Resume", disabled=False).first).to_be_visible(timeout=30_000)
     _shot(page, "training_cancelled")
     assert json.loads((workspace / "runs" / "browser" / "progress.json").read_text())["state"] == "cancelled"
+
+
+def test_walkthrough_video(workspace, tmp_path):
+    """`python -m catalogtune.app.video` on this small workspace: a non-empty .webm and its stills."""
+    pytest.importorskip("catalogtune.train.stage", reason="the train stage is not there yet")
+    from catalogtune.app import video
+    from catalogtune.core.util import CatalogtuneError
+
+    try:
+        video.ffmpeg_browsers_path(tmp_path / "home")
+    except CatalogtuneError as exc:
+        pytest.skip(str(exc))
+    out = tmp_path / "video"
+    proc = subprocess.run(
+        [sys.executable, "-m", "catalogtune.app.video", "--workspace", str(workspace), "--out", str(out),
+         "--pace", "0.1", "--model", "tiny-random", "--max-new-tokens", "8"],
+        capture_output=True, text=True, timeout=240,
+    )
+    print(proc.stdout)  # the per-scene times (pytest -s shows them)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    webm = out / "walkthrough.webm"
+    assert webm.is_file() and webm.stat().st_size > 10_000
+    assert webm.read_bytes()[:4] == b"\x1a\x45\xdf\xa3"  # an EBML (WebM/Matroska) file
+    stills = sorted(p.name for p in out.glob("*.png"))
+    assert len(stills) >= 6 and any("training_cancelled" in s for s in stills), stills
+    assert not (workspace / "runs" / "video-walkthrough").exists()  # the cancelled run is removed again
+    assert "walkthrough:" in proc.stdout and str(webm) in proc.stdout
+    ARTIFACTS.mkdir(exist_ok=True)
+    for name in stills:  # kept with the other screenshots for a look after the run
+        (ARTIFACTS / f"video_{name}").write_bytes((out / name).read_bytes())

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from catalogtune.app import common, page_compare, page_data, page_eval, page_finetune
+from catalogtune.app import common, page_compare, page_data, page_eval, page_experiments, page_finetune
 
 PARTS = [
     ("prep", "prepared splits + quality report"), ("eda", "analysis report"),
@@ -22,6 +22,9 @@ def overview() -> None:
     lines = [f"- `{name}/` ({what}): {'present' if (ws.root / name).is_dir() else '*missing*'}" for name, what in PARTS]
     runs = ws.runs()
     lines.append(f"- training runs: {', '.join(f'`{r}`' for r in runs) if runs else 'none yet'}")
+    searches = ws.searches()
+    if searches:
+        lines.append(f"- hyper-parameter searches: {', '.join(common.md_escape(s) for s in searches)} (see Experiments)")
     st.markdown("**In the workspace**\n\n" + "\n".join(lines))
     if not ws.root.is_dir():
         st.warning(f"The workspace {ws.root} does not exist yet: run `catalogtune demo --out {ws.root}`.")
@@ -46,4 +49,5 @@ st.navigation([
     st.Page(page_finetune.render, title="Fine-tune", url_path="finetune"),
     st.Page(page_compare.render, title="Compare", url_path="compare"),
     st.Page(page_eval.render, title="Evaluation", url_path="evaluation"),
+    st.Page(page_experiments.render, title="Experiments", url_path="experiments"),
 ]).run()

@@ -33,6 +33,10 @@ LAUNCHER = [sys.executable, "-m", "catalogtune"]
 """What a job's arguments are appended to (tests point it at a fake stage)."""
 LOG_TAIL_BYTES = 4000
 """How much of a job's log the pages show."""
+SEARCH_FILES = ("study.db", "trials.json")
+"""A folder holding either is a hyper-parameter search (``catalogtune tune --out``)."""
+_NOT_CONTAINERS = {"prep", "eda", "eval"}
+_RUN_PARTS = {"adapter", "checkpoints", "tb", "trials", "cache", "plots"}
 
 
 class Workspace:
@@ -91,6 +95,33 @@ class Workspace:
             found.append("run")
         if (self.root / "runs").is_dir():
             found += [f"runs/{p.name}" for p in sorted((self.root / "runs").iterdir()) if p.is_dir()]
+        return found
+
+    def _folders(self) -> Iterator[Path]:
+        """Folders one and two levels down, where searches and indexes may live (heavy parts skipped)."""
+        for top in sorted(self.root.iterdir()) if self.root.is_dir() else ():
+            if top.is_dir() and not top.name.startswith(".") and top.name not in _NOT_CONTAINERS:
+                yield top
+                with contextlib.suppress(OSError):
+                    yield from (p for p in sorted(top.iterdir()) if p.is_dir() and p.name not in _RUN_PARTS)
+
+    def searches(self) -> list[str]:
+        """Hyper-parameter search folders (``catalogtune tune --out``), relative to the workspace."""
+        return [self.rel(p) for p in self._folders() if any((p / n).is_file() for n in SEARCH_FILES)]
+
+    def indexes(self) -> list[str]:
+        """RAG index folders (``index.json`` inside), ``index`` first."""
+        found = [self.rel(p) for p in self._folders() if (p / "index.json").is_file()]
+        return sorted(found, key=lambda r: (r != "index", r))
+
+    def all_runs(self) -> list[str]:
+        """Every training run: ``run``, ``runs/NAME`` and each search's ``trials/trial-NNN``."""
+        searches = self.searches()
+        found = [r for r in self.runs() if r not in searches]
+        for search in searches:
+            trials = self.root / search / "trials"
+            if trials.is_dir():
+                found += [f"{search}/trials/{p.name}" for p in sorted(trials.iterdir()) if p.is_dir()]
         return found
 
     def job_key(self, target: Path) -> str:
@@ -279,16 +310,22 @@ def status(ws: Workspace, target: Path) -> JobStatus:
     elif saved:
         state = saved
     elif rec:
-        state = "finished" if _exit_ok(rec, target) else "failed"
+        cancelled = (rec.get("cancelled") or 0) >= rec.get("started", 0) > 0
+        state = "cancelled" if cancelled else "finished" if _exit_ok(rec, target) else "failed"
     else:
         state = "none"
     return JobStatus(state=state, alive=alive, pid=pid or rec.get("pid"), progress=prog,
                      log_tail=_tail(log) if log.exists() else "", argv=list(rec.get("argv") or []))
 
 
+REPORTS = ("report.json", "trials.json")
+"""What a job without progress.json leaves when it ends well (evaluation, hyper-parameter search)."""
+
+
 def _exit_ok(rec: dict[str, Any], target: Path) -> bool:
-    """For jobs without progress.json (evaluation): did it leave its report?"""
-    return (target / "report.json").is_file() and (target / "report.json").stat().st_mtime >= rec.get("started", 0)
+    """For jobs without progress.json (evaluation, search): did it leave its report?"""
+    started = rec.get("started", 0)
+    return any((target / n).is_file() and (target / n).stat().st_mtime >= started for n in REPORTS)
 
 
 def cancel(ws: Workspace, target: Path, wait_s: float = 0.0) -> bool:
@@ -301,6 +338,11 @@ def cancel(ws: Workspace, target: Path, wait_s: float = 0.0) -> bool:
         return False
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGTERM)
+    key = ws.job_key(target)
+    rec = _record(ws, key)
+    if rec.get("pid") == pid:  # a job without progress.json then reads "cancelled", not "failed"
+        with contextlib.suppress(CatalogtuneError):
+            atomic_write_json(_jobs_dir(ws) / f"{key}.json", {**rec, "cancelled": time.time()})
     deadline = time.monotonic() + wait_s
     while wait_s and time.monotonic() < deadline and pid_alive(pid):
         time.sleep(0.1)
