@@ -1,5 +1,5 @@
 """Two starts of one stage on one folder: the second is refused in one line naming the first's pid,
-or (evaluate, which has no lock: its cache is append-only and its reports atomic) both end right.
+evaluate included (its cache is append-only and its reports atomic, but two runs would do the work twice).
 """
 
 from __future__ import annotations
@@ -59,13 +59,14 @@ def test_second_train_resume_or_app_start_on_one_run_is_refused(prepared, warm_m
     assert not (run_dir / ".lock").exists() and temp_leftovers(run_dir) == []
 
 
-def test_two_evaluations_on_one_folder_both_end_right(prepared, tmp_path, monkeypatch):
+def test_second_evaluation_on_one_folder_is_refused(prepared, tmp_path, monkeypatch):
     (tmp_path / "run" / "adapter").mkdir(parents=True)
     want = eval_reference(prepared, tmp_path / "ref", tmp_path / "run", monkeypatch)
     out = tmp_path / "ev"
-    pair = [fork_cli(eval_args(prepared, out, tmp_path / "run"), tmp_path / f"{i}.err", fake_eval(0.02))
-            for i in range(2)]
-    for child in pair:
-        assert child.wait() == 0, child.stderr()
+    first = fork_cli(eval_args(prepared, out, tmp_path / "run"), tmp_path / "1.err", fake_eval(0.2))
+    wait_for(lambda: (out / ".lock").exists() and (out / ".lock").stat().st_size, child=first)
+    second = fork_cli(eval_args(prepared, out, tmp_path / "run"), tmp_path / "2.err", fake_eval(0.02))
+    assert_one_line_error(second, "evaluate", f"the evaluation in {out} is in use", f"(pid {first.pid})")
+    assert first.wait() == 0, first.stderr()
     assert eval_report(out) == want
-    assert temp_leftovers(out) == []
+    assert temp_leftovers(out) == [] and not (out / ".lock").exists()

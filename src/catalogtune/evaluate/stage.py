@@ -394,6 +394,15 @@ def run(cfg: EvalConfig, log: Callable[[str], None] = _log) -> EvalResult:
     splits = {"test": test_items, "seen": load_seen(cfg)}
     if cfg.probes:
         splits["probes"] = [{"id": f"probe-{i}", "title": t, "content": ""} for i, t in enumerate(probes.PROBE_TITLES)]
+    from catalogtune.core.locks import folder_lock
+
+    # Two evaluations in one folder would interleave their caches and overwrite each other's reports.
+    with folder_lock(out / ".lock", f"the evaluation in {out}", target=out):
+        return _run_locked(cfg, log, t0, out, index, splits, test_source)
+
+
+def _run_locked(cfg: EvalConfig, log: Callable[[str], None], t0: float, out: Path, index: Any,
+                splits: dict[str, list[dict]], test_source: str) -> EvalResult:
     gen, model_id, adapter = _open_generator(cfg)
     systems, skipped = _select_systems(cfg, adapter, index)
     embed, token_embed = _embedders(cfg.embedder)
