@@ -47,9 +47,11 @@ class DemoConfig:
     """Share of title groups in the test split (reported, never tuned on)."""
     drop_kinds: list[str] = field(default_factory=lambda: ["reviews"])
     """Description kinds left out of the training split (prepare --drop-kinds); val/test keep them."""
-    retrieval_training: bool = False
-    """Train retrieval-aware (train --rag-index). Off: on the validation split it did not make RAG help
-    (fine-tuned + RAG still lost to fine-tuned on ROUGE-L) and it lowered cosine (0.380 -> 0.360)."""
+    retrieval_training: bool = True
+    """Train retrieval-aware (train --rag-index). On: on the validation split (n = 69, repetition
+    rules on the output only) its fine-tuned + RAG answers had ROUGE-L 0.147 / cosine 0.404 and
+    16 % top-opening share, against 0.145 / 0.397 / 29 % for the plain run, and alone it matched
+    the plain run (0.132 / 0.398 vs 0.133 / 0.384)."""
     max_new_tokens: int = 128
     """Generation budget per description (the sample's median description is ~100 tokens)."""
     embedder: str = "minilm"
