@@ -76,6 +76,20 @@ def test_unknown_command_exit_code(capsys):
     assert "unknown command" in capsys.readouterr().err
 
 
+def test_atomic_dir_gives_the_folder_mkdirs_mode(tmp_path):
+    import os
+
+    old = os.umask(0o027)
+    try:
+        with atomic_dir(tmp_path / "out") as tmp:
+            (tmp / "f").write_text("x")
+        (tmp_path / "plain").mkdir()
+    finally:
+        os.umask(old)
+    mode = lambda p: p.stat().st_mode & 0o777  # noqa: E731
+    assert mode(tmp_path / "out") == mode(tmp_path / "plain") == 0o750
+
+
 def test_atomic_dir_keeps_old_on_failure(tmp_path):
     target = tmp_path / "d"
     with atomic_dir(target) as tmp:

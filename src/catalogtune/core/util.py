@@ -100,6 +100,7 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
         path.parent.mkdir(parents=True, exist_ok=True)
         _remove_dead_temps(path)
         tmp = Path(tempfile.mkdtemp(prefix=_temp_prefix(path), suffix=".tmp", dir=path.parent))
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp's 0700 would outlive the swap: a folder like mkdir's
     except OSError as exc:
         raise (write_failure(exc, path) or exc) from None
     try:
@@ -111,6 +112,20 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
         if err is None or err is exc:
             raise
         raise err from exc
+
+
+def _umask() -> int:
+    """The process umask, read without changing it where Linux allows (os.umask is process-wide)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 # --- temporary names ---------------------------------------------------------------------------
