@@ -30,7 +30,7 @@ demo: venv
 	$(VENV)/bin/catalogtune demo --out demo-out
 
 test: venv chromium
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q --durations=25 $(PYTEST_ARGS)
 
 test-fast: venv
 	$(PY) -m pytest -q -m "not integration" $(PYTEST_ARGS)
