@@ -18,6 +18,7 @@ computed from the cache (see ``eval_report``) into report.json / report.md / rep
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
@@ -25,7 +26,7 @@ import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from catalogtune.core import config
 from catalogtune.core.util import CatalogtuneError, atomic_write_json
@@ -397,8 +398,24 @@ def run(cfg: EvalConfig, log: Callable[[str], None] = _log) -> EvalResult:
     from catalogtune.core.locks import folder_lock
 
     # Two evaluations in one folder would interleave their caches and overwrite each other's reports.
-    with folder_lock(out / ".lock", f"the evaluation in {out}", target=out):
+    with folder_lock(out / ".lock", f"the evaluation in {out}", target=out), _threads():
         return _run_locked(cfg, log, t0, out, index, splits, test_source)
+
+
+@contextlib.contextmanager
+def _threads() -> Iterator[None]:
+    """torch threads for the evaluation: 1 on an oversubscribed machine (as train), given back after."""
+    import torch
+
+    from catalogtune.core.util import auto_threads
+
+    old = torch.get_num_threads()
+    if "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(auto_threads(os.getloadavg()[0], old))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
 
 
 def _run_locked(cfg: EvalConfig, log: Callable[[str], None], t0: float, out: Path, index: Any,
