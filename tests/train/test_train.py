@@ -68,6 +68,19 @@ def test_loss_falls_on_a_repeated_batch(make_cfg):
     assert rows[-1]["loss"] < rows[0]["loss"] - 0.1
 
 
+def test_plan_is_printed_before_the_steps_and_kept_in_the_summary(make_cfg, capsys):
+    from catalogtune.train.loop import plan_line
+
+    res = run(make_cfg(max_steps=6, eval_every=3, memory_probe=True))
+    plan = res.summary["plan"]
+    assert plan["steps_left"] == 6 and plan["records"] == res.summary["n_train"]
+    assert plan["probe_s"] > 0 and plan["projected_s"] > 0 and plan["probe_tokens"] <= 4 * 48
+    assert "train plan: " in capsys.readouterr().err
+    week = plan_line({**plan, "projected_s": 7 * 24 * 3600.0})
+    assert "168 h 0 min" in week and "more than a day" in week
+    assert "more than a day" not in plan_line({**plan, "projected_s": 90.0})
+
+
 def _adapter(run_dir):
     return load_file(str(run_dir / "adapter" / "adapter_model.safetensors"))
 

@@ -119,6 +119,7 @@ class Loop:
         self.params = params
         self.saved_step = self.state.step if self.resumed_from is not None else -1
         self.segment_steps, self.segment_s = 0, 0.0
+        self.plan: dict[str, Any] | None = None  # set from the memory probe (make_plan)
 
     # -- setup ---------------------------------------------------------------------------
     def _restore_or_clean(self) -> None:
@@ -217,6 +218,28 @@ class Loop:
             self.acc.backward(s)
         self.opt.zero_grad(set_to_none=True)
 
+    def make_plan(self, probe_s: float) -> dict[str, Any] | None:
+        """Projected wall time of the steps left, from the memory probe's timing.
+
+        The probe is forward + backward of the longest micro-batch; a step costs about the same
+        per token, so a step is projected at ``probe_s * mean tokens per step / probe tokens`` and
+        each validation pass at a third of that per token (forward only). The probe pays first-call
+        costs, so the projection leans high.
+        """
+        if self.sharded or probe_s <= 0:
+            return None
+        cfg = self.cfg
+        lengths = sorted(len(ex[0]) for ex in self.examples)
+        probe_tokens = sum(lengths[-cfg.batch_size:])
+        per_token = probe_s / max(1, probe_tokens)
+        step_tokens = sum(lengths) / max(1, self.sched.steps_per_epoch)
+        left = self.total - self.state.step
+        evals = left // cfg.eval_every if cfg.eval_every else 0
+        val_tokens = sum(len(ex[0]) for ex in self.val)
+        seconds = left * step_tokens * per_token + evals * val_tokens * per_token / 3
+        return {"records": len(self.examples), "tokens_per_epoch": sum(lengths), "steps_left": left,
+                "probe_s": round(probe_s, 3), "probe_tokens": probe_tokens, "projected_s": round(seconds, 1)}
+
     @torch.no_grad()
     def evaluate(self) -> float:
         """Mean validation loss per description token (every rank computes it on the whole set)."""
@@ -292,6 +315,7 @@ class Loop:
             "model": self.cfg.model, "bf16": self.bf16, "world_size": self.acc.num_processes,
             "resumed_from": self.resumed_from, "speed_ups": self.fast, **self.data_info,
             "backend": self.cfg.backend, "device": self.acc.device.type, **self._gpu_figures(),
+            "plan": self.plan,
         }
 
     def _gpu_figures(self) -> dict[str, Any]:
@@ -318,7 +342,11 @@ class Loop:
                     self.record_eval(st.initial_val_loss)
                     tb and tb.scalars(0, {"val/loss": st.initial_val_loss})
                 if cfg.memory_probe and st.step < self.total:
+                    t_probe = time.perf_counter()
                     self.probe_memory()
+                    self.plan = self.make_plan(time.perf_counter() - t_probe)
+                    if self.main and self.plan:
+                        print(plan_line(self.plan), file=sys.stderr, flush=True)
                 bar = _bar(self.total, st.step, self.main)
                 while st.step < self.total:
                     out = self.train_step()
@@ -373,6 +401,17 @@ class Loop:
             lm = self.acc.unwrap_model(self.loss_model).lm
             torch.save(trainable_state(lm), Path(dump) / f"rank{self.acc.process_index}.pt")
         return summary
+
+
+def plan_line(plan: dict[str, Any]) -> str:
+    """One stderr line: what the run will do and how long it should take, before it commits."""
+    h, rem = divmod(int(plan["projected_s"]), 3600)
+    took = f"{h} h {rem // 60} min" if h else f"{rem // 60} min {rem % 60} s"
+    line = (f"train plan: {plan['records']:,} records, {plan['tokens_per_epoch']:,} tokens per epoch, "
+            f"{plan['steps_left']:,} steps to go; the longest batch took {plan['probe_s']:.1f} s -> about {took}")
+    if plan["projected_s"] > 24 * 3600:
+        line += " (more than a day: --max-steps, --max-samples or a GPU preset would cut it)"
+    return line
 
 
 def _bar(total: int, initial: int, enabled: bool) -> Any:
