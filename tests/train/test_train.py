@@ -81,6 +81,28 @@ def test_plan_is_printed_before_the_steps_and_kept_in_the_summary(make_cfg, caps
     assert "more than a day" not in plan_line({**plan, "projected_s": 90.0})
 
 
+def test_budget_keeps_the_steps_that_fit_and_resume_keeps_them(make_cfg):
+    from catalogtune.train.stage import budget_seconds
+
+    full = run(make_cfg("full", max_steps=None, epochs=4, eval_every=0, memory_probe=True)).summary
+    assert full["stopped"] == "finished" and "kept_steps" not in full["plan"]
+    # a budget of a tenth of the projected time keeps about a tenth of the steps
+    budget = f"{max(0.01, full['plan']['projected_s'] / 10):.3f}s"
+    cut = run(make_cfg("cut", max_steps=None, epochs=4, eval_every=0, memory_probe=True, budget=budget)).summary
+    assert cut["stopped"] == "budget" and 1 <= cut["steps"] < full["steps"]
+    assert cut["plan"]["kept_steps"] == cut["steps"] and cut["plan"]["planned_steps"] == full["steps"]
+    assert cut["plan"]["budget_s"] == budget_seconds(budget)
+    # the kept step count is in the checkpoint: a resume (a new, slower probe) keeps the same schedule
+    again = run(make_cfg("cut", max_steps=None, epochs=4, eval_every=0, memory_probe=True, budget="0.001s",
+                         resume=True)).summary
+    assert again["steps"] == cut["steps"] and again["resumed_from"] == cut["steps"]
+    # a generous budget changes nothing
+    roomy = run(make_cfg("roomy", max_steps=None, epochs=4, eval_every=0, memory_probe=True, budget="10h")).summary
+    assert roomy["stopped"] == "finished" and roomy["steps"] == full["steps"]
+    with pytest.raises(CatalogtuneError, match="budget must look like"):
+        make_cfg("bad", budget="soon")
+
+
 def _adapter(run_dir):
     return load_file(str(run_dir / "adapter" / "adapter_model.safetensors"))
 

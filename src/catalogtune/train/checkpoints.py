@@ -38,6 +38,8 @@ class LoopState:
     last_loss: float | None = None
     bad_evals: int = 0
     val_history: list[list[float]] = field(default_factory=list)
+    total_steps: int | None = None
+    """The run's step count once fixed by a budget: a resumed run keeps it (same lr schedule)."""
 
 
 def checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
@@ -90,7 +92,7 @@ def remove_stale_temps(run_dir: Path) -> list[str]:
 
 RESUME_FREE = frozenset({
     "max_steps", "epochs", "patience", "eval_every", "save_every", "merge", "resume", "overwrite",
-    "memory_probe", "gradient_checkpointing", "out",
+    "memory_probe", "gradient_checkpointing", "out", "budget",
 })
 """TrainConfig fields a resumed run may change: when to stop, validate and save, what to write at
 the end, and memory-only switches. Any other change (lr, LoRA shape, data, batch, seed...) would

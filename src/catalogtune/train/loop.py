@@ -114,6 +114,9 @@ class Loop:
         self.opt.register_step_post_hook(weights_updated)  # the fused LoRA groups' bf16 copies
         self.state, self.best, self.resumed_from = LoopState(), None, None
         self._restore_or_clean()
+        self.planned_total = self.total
+        if self.state.total_steps is not None:  # fixed by a budget before the checkpoint: same schedule
+            self.total = self.state.total_steps
         self.wall_before = self.state.wall_s
         self.loss_model, self.opt = acc.prepare(LossModel(self.model), self.opt)
         self.params = params
@@ -240,6 +243,25 @@ class Loop:
         return {"records": len(self.examples), "tokens_per_epoch": sum(lengths), "steps_left": left,
                 "probe_s": round(probe_s, 3), "probe_tokens": probe_tokens, "projected_s": round(seconds, 1)}
 
+    def apply_budget(self) -> None:
+        """Keep only the steps that fit ``cfg.budget`` (once, before the first step; kept on resume)."""
+        from catalogtune.train.stage import budget_seconds
+
+        cfg, st = self.cfg, self.state
+        if cfg.budget is None or self.plan is None or st.total_steps is not None:
+            return
+        budget = budget_seconds(cfg.budget)
+        left, projected = self.plan["steps_left"], self.plan["projected_s"]
+        keep = left if projected <= budget else max(1, int(left * budget / projected))
+        if self.acc.num_processes > 1:  # every rank must stop at the same step: the smallest
+            keep = int(self.acc.gather(torch.tensor([keep], device=self.acc.device)).min())
+        self.plan.update(budget_s=budget, planned_steps=self.total, kept_steps=st.step + keep)
+        self.total = st.total_steps = st.step + keep
+        if keep < left and self.main:
+            share = keep / max(1, self.sched.steps_per_epoch)
+            print(f"train plan: budget {cfg.budget}: {keep:,} of {left:,} steps kept ({share:.2f} epochs; "
+                  f"the schedule is shuffled, so a seeded random share of the records)", file=sys.stderr, flush=True)
+
     @torch.no_grad()
     def evaluate(self) -> float:
         """Mean validation loss per description token (every rank computes it on the whole set)."""
@@ -347,6 +369,7 @@ class Loop:
                     self.plan = self.make_plan(time.perf_counter() - t_probe)
                     if self.main and self.plan:
                         print(plan_line(self.plan), file=sys.stderr, flush=True)
+                    self.apply_budget()
                 bar = _bar(self.total, st.step, self.main)
                 while st.step < self.total:
                     out = self.train_step()
@@ -379,6 +402,8 @@ class Loop:
                         stopped = "early_stopping"
                         break
                 bar.close()
+                if stopped in ("finished", "max_steps") and self.total < self.planned_total:
+                    stopped = "budget"
                 self.checkpoint()
                 self.write_adapter()
                 summary = self.summary(stopped)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -32,6 +33,14 @@ CONFIGS = Path(__file__).resolve().parents[3] / "configs"
 DEFAULT_PRESET = CONFIGS / "cpu-smollm2.yaml"
 
 
+def budget_seconds(text: str | int | float) -> float:
+    """Seconds in a budget such as ``90s``, ``30m``, ``1.5h`` (a bare number is seconds)."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smh]?)\s*", str(text))
+    if not m or float(m.group(1)) <= 0:
+        raise ValueError(f"budget must look like 90s, 30m or 2h, not {text!r}")
+    return float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[m.group(2)]
+
+
 @dataclass
 class TrainConfig:
     """Options of one fine-tuning run (YAML preset keys and `--flags` alike)."""
@@ -46,6 +55,9 @@ class TrainConfig:
     """Stop after this many optimizer steps (overrides epochs)."""
     epochs: float = 2.0
     """Passes over the training split when max_steps is not given."""
+    budget: str | None = None
+    """Wall-time budget for the steps (90s, 30m, 2h): when the plan projects more, the run keeps the
+    steps that fit (the seeded schedule's first ones, a random subset of the data) and says so."""
     batch_size: int = 8
     """Examples per micro-batch (length-grouped, so little padding)."""
     grad_accum: int = 1
@@ -111,6 +123,8 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         self.data, self.out = Path(self.data), Path(self.out)
+        if self.budget is not None:
+            budget_seconds(self.budget)  # a bad budget fails here, not after loading the model
         positive = {"batch_size": self.batch_size, "grad_accum": self.grad_accum, "lora_r": self.lora_r,
                     "lora_alpha": self.lora_alpha, "max_length": self.max_length, "save_every": self.save_every}
         for name, value in positive.items():
