@@ -82,7 +82,7 @@ def test_plan_is_printed_before_the_steps_and_kept_in_the_summary(make_cfg, caps
 
 
 def test_budget_keeps_the_steps_that_fit_and_resume_keeps_them(make_cfg):
-    from catalogtune.train.stage import budget_seconds
+    from catalogtune.core.util import budget_seconds
 
     full = run(make_cfg("full", max_steps=None, epochs=4, eval_every=0, memory_probe=True)).summary
     assert full["stopped"] == "finished" and "kept_steps" not in full["plan"]

@@ -69,12 +69,6 @@ def atomic_write(path: str | Path, mode: str = "w", encoding: str | None = "utf-
         raise err from exc
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def atomic_write_json(path: str | Path, obj: Any, indent: int | None = 2) -> None:
     """Dump ``obj`` as JSON atomically."""
     with atomic_write(path) as fh:
@@ -383,3 +377,11 @@ def auto_threads(load_avg: float, default: int) -> int:
     import os
 
     return 1 if load_avg > (os.cpu_count() or 1) else default
+
+
+def budget_seconds(text: str | int | float) -> float:
+    """Seconds in a budget such as ``90s``, ``30m``, ``1.5h`` (a bare number is seconds)."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smh]?)\s*", str(text))
+    if not m or float(m.group(1)) <= 0:
+        raise ValueError(f"budget must look like 90s, 30m or 2h, not {text!r}")
+    return float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[m.group(2)]

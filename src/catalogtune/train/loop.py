@@ -26,7 +26,7 @@ from catalogtune.train.checkpoints import LoopState, MetricsLog, TensorBoard, ch
 from catalogtune.train.batches import Example, collate, eval_batches, make_schedule, tokenize
 from catalogtune.train.cpu_kernels import keep_freed_memory, weights_updated
 from catalogtune.train.model import LossModel, bf16_supported, load_for_training, load_trainable, trainable_state
-from catalogtune.core.util import CatalogtuneError, atomic_dir, atomic_write_json, auto_threads, peak_rss_mb
+from catalogtune.core.util import CatalogtuneError, atomic_dir, atomic_write_json, auto_threads, budget_seconds, peak_rss_mb
 
 
 def make_optimizer(params: list, lr: float, weight_decay: float, device: torch.device,
@@ -245,8 +245,6 @@ class Loop:
 
     def apply_budget(self) -> None:
         """Keep only the steps that fit ``cfg.budget`` (once, before the first step; kept on resume)."""
-        from catalogtune.train.stage import budget_seconds
-
         cfg, st = self.cfg, self.state
         if cfg.budget is None or self.plan is None or st.total_steps is not None:
             return

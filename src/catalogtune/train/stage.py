@@ -12,13 +12,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
 from catalogtune.core import config
-from catalogtune.core.util import CatalogtuneError, read_json
+from catalogtune.core.util import CatalogtuneError, budget_seconds, read_json
 
 # OpenMP threads wait for the next parallel region by spinning a bounded time, then sleep.
 # A training step is thousands of short parallel ops a few microseconds apart: threads that
@@ -31,14 +30,6 @@ if "OMP_WAIT_POLICY" not in os.environ:
 
 CONFIGS = Path(__file__).resolve().parents[3] / "configs"
 DEFAULT_PRESET = CONFIGS / "cpu-smollm2.yaml"
-
-
-def budget_seconds(text: str | int | float) -> float:
-    """Seconds in a budget such as ``90s``, ``30m``, ``1.5h`` (a bare number is seconds)."""
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smh]?)\s*", str(text))
-    if not m or float(m.group(1)) <= 0:
-        raise ValueError(f"budget must look like 90s, 30m or 2h, not {text!r}")
-    return float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[m.group(2)]
 
 
 @dataclass
