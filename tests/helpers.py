@@ -69,3 +69,15 @@ def small_train_cfg(data_dir: Path, model_dir: Path, run_dir: Path, **kw):
                 save_every=2, patience=0, max_steps=4, lora_r=4, lora_alpha=8, seed=0)
     base.update(kw)
     return config.build(TrainConfig, base)
+
+
+def wait_until(pred, timeout: float = 20.0) -> bool:
+    """Poll ``pred`` every 50 ms until it is true (True) or ``timeout`` seconds pass (False)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        time.sleep(0.05)
+    return False

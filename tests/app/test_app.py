@@ -6,14 +6,13 @@ import json
 import os
 import sys
 import threading
-import time
 import types
 
 import pytest
 
 from catalogtune.app import jobs
 from catalogtune.core.util import CatalogtuneError, atomic_write_json
-from helpers import make_run
+from helpers import make_run, wait_until
 
 SECRET = "hf_testSECRETtoken123"
 
@@ -100,15 +99,6 @@ def _png() -> bytes:
     )
 
 
-def _wait(pred, timeout=20.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(0.05)
-    return False
-
-
 # --- jobs.py ------------------------------------------------------------------------------------
 
 
@@ -130,13 +120,13 @@ def test_resolve_keeps_paths_inside_the_workspace(ws, tmp_path):
 def test_start_status_cancel_resume(ws, fake_launcher):
     run_dir = ws.root / "runs" / "a"
     pid = jobs.start(ws, run_dir, ["train", "--out", str(run_dir)], run_dir / "train.log", token=SECRET)
-    assert _wait(lambda: jobs.status(ws, run_dir).progress.get("state") == "running")  # the stage has begun
+    assert wait_until(lambda: jobs.status(ws, run_dir).progress.get("state") == "running")  # the stage has begun
     st = jobs.status(ws, run_dir)
     assert st.alive and st.pid == pid and st.progress["step"] >= 1
     with pytest.raises(CatalogtuneError, match="already running"):
         jobs.start(ws, run_dir, ["train", "--out", str(run_dir)], run_dir / "train.log")
     assert jobs.cancel(ws, run_dir, wait_s=10)
-    assert _wait(lambda: jobs.status(ws, run_dir).state == "cancelled")
+    assert wait_until(lambda: jobs.status(ws, run_dir).state == "cancelled")
     st = jobs.status(ws, run_dir)
     assert not st.alive and list((run_dir / "checkpoints").iterdir())
     assert (run_dir / "token_seen").read_text() == "yes"  # reached the child via its environment
@@ -144,7 +134,7 @@ def test_start_status_cancel_resume(ws, fake_launcher):
     # Resume after the end: allowed again, and the record keeps the argv for the page's Resume.
     assert st.argv == ["train", "--out", str(run_dir)]
     jobs.start(ws, run_dir, [*st.argv, "--resume"], run_dir / "train.log")
-    assert _wait(lambda: jobs.status(ws, run_dir).alive)
+    assert wait_until(lambda: jobs.status(ws, run_dir).alive)
     jobs.cancel(ws, run_dir, wait_s=10)
     # The token is nowhere on disk: not in the record, the log, argv or progress files.
     for path in ws.root.rglob("*"):
@@ -249,7 +239,7 @@ def test_eval_page_table_and_bad_run(ws, fake_launcher):
     at.number_input(key="ev_seen").set_value(0)
     at.button[0].click().run()
     assert not _errors(at), _errors(at)
-    assert _wait(lambda: (ws.eval / "argv.json").is_file())
+    assert wait_until(lambda: (ws.eval / "argv.json").is_file())
     argv = json.loads((ws.eval / "argv.json").read_text())
     assert argv[:1] == ["evaluate"] and argv[argv.index("--run") + 1] == str(ws.root / "run")
     assert argv[argv.index("--limit") + 1] == "7" and argv[argv.index("--seen-limit") + 1] == "0"
@@ -257,7 +247,7 @@ def test_eval_page_table_and_bad_run(ws, fake_launcher):
     at.button[0].click().run()
     assert any("already running" in e for e in _errors(at))
     at.button(key="ev_cancel").click().run()
-    assert _wait(lambda: not jobs.status(ws, ws.eval).alive)
+    assert wait_until(lambda: not jobs.status(ws, ws.eval).alive)
 
 
 def test_finetune_page_starts_and_refuses_bad_input(ws, fake_launcher):
@@ -279,23 +269,23 @@ def test_finetune_page_starts_and_refuses_bad_input(ws, fake_launcher):
     at.button[0].click().run()
     assert not _errors(at), _errors(at)
     run_dir = ws.root / "runs" / "ui"
-    assert _wait(lambda: (run_dir / "argv.json").is_file())
+    assert wait_until(lambda: (run_dir / "argv.json").is_file())
     argv = json.loads((run_dir / "argv.json").read_text())
     assert argv[argv.index("--lora-r") + 1] == "4" and argv[argv.index("--model") + 1] == "tiny-random"
     # A second Start while it runs is refused on the page.
     at.button[0].click().run()
     assert any("already running" in e for e in _errors(at))
     at.button(key="ft_cancel").click().run()  # Cancel on the page: SIGTERM, checkpoint, "cancelled"
-    assert _wait(lambda: jobs.status(ws, run_dir).state == "cancelled")
+    assert wait_until(lambda: jobs.status(ws, run_dir).state == "cancelled")
     at.run()
     assert "cancelled" in " ".join(m.value for m in at.markdown)
     (run_dir / "argv.json").unlink()
     at.button(key="ft_resume").click().run()  # Resume: the same command plus --resume
-    assert _wait(lambda: (run_dir / "argv.json").is_file())
+    assert wait_until(lambda: (run_dir / "argv.json").is_file())
     resumed = json.loads((run_dir / "argv.json").read_text())
     assert resumed == [*argv, "--resume"]
     jobs.cancel(ws, run_dir, wait_s=10)
-    assert _wait(lambda: not jobs.status(ws, run_dir).alive)
+    assert wait_until(lambda: not jobs.status(ws, run_dir).alive)
     at.button[0].click().run()  # Start again on a folder that holds a run: refused without Overwrite
     assert any("already holds a run" in e for e in _errors(at))
 
@@ -425,10 +415,10 @@ def test_job_outlives_the_app_that_started_it(ws, fake_launcher):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     pid = int(out.stdout.strip())
     assert os.getsid(pid) == pid  # its own session: Ctrl-C or closing the app's terminal do not reach it
-    assert _wait(lambda: jobs.status(ws, run_dir).progress.get("state") == "running")  # the stage has begun
+    assert wait_until(lambda: jobs.status(ws, run_dir).progress.get("state") == "running")  # the stage has begun
     assert jobs.status(ws, run_dir).pid == pid
     assert jobs.cancel(ws, run_dir, wait_s=10)
-    assert _wait(lambda: jobs.status(ws, run_dir).state == "cancelled")
+    assert wait_until(lambda: jobs.status(ws, run_dir).state == "cancelled")
 
 
 def test_model_and_run_folder_checks_and_token_env(ws, monkeypatch):

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import sys
-import time
+
+from helpers import wait_until
 from pathlib import Path
 
 import pytest
@@ -70,15 +71,6 @@ def _page(name: str):
         importlib.import_module(f"catalogtune.app.{name}").render()
 
     return AppTest.from_function(script, kwargs={"name": name}, default_timeout=30)
-
-
-def _wait(pred, timeout=20.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def test_discovery_leaderboard_and_curves(ews):
@@ -156,19 +148,19 @@ def test_search_job_start_cancel_resume(ews, tmp_path, monkeypatch):
     at.button(key="FormSubmitter:search_form-Start search").click().run()
     assert not at.error, [e.value for e in at.error]
     out = ews.root / "tune" / "b"
-    assert _wait(lambda: (out / "argv.json").is_file())
+    assert wait_until(lambda: (out / "argv.json").is_file())
     argv = json.loads((out / "argv.json").read_text())
     assert argv[0] == "tune" and argv[argv.index("--trials") + 1] == "3" and argv[argv.index("--model") + 1] == "tiny-random"
     assert argv[argv.index("--config") + 1] == str(out / "base.yaml") and "max_samples: 40" in (out / "base.yaml").read_text()
     at.button(key="ex_cancel").click().run()
-    assert _wait(lambda: jobs.status(ews, out).state == "cancelled")  # not "failed": it was asked to stop
+    assert wait_until(lambda: jobs.status(ews, out).state == "cancelled")  # not "failed": it was asked to stop
     (out / "argv.json").unlink()
     at.run()
     at.button(key="ex_resume").click().run()  # the same command again continues the study
-    assert _wait(lambda: (out / "argv.json").is_file())
+    assert wait_until(lambda: (out / "argv.json").is_file())
     assert json.loads((out / "argv.json").read_text()) == argv
     jobs.cancel(ews, out, wait_s=10)
-    assert _wait(lambda: not jobs.status(ews, out).alive)
+    assert wait_until(lambda: not jobs.status(ews, out).alive)
 
 
 class _Gen:
