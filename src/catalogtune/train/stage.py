@@ -107,6 +107,8 @@ class TrainConfig:
     """Share of training and validation examples whose prompt holds retrieved records (the rest: the title alone)."""
     rag_noise: float = 0.25
     """Chance that each retrieved record is swapped for a random one, so the model learns to ignore irrelevant references."""
+    ground_targets: bool = False
+    """Train on the sentences of each description whose names and numbers its prompt holds (train.grounding); drop targets left under 40 characters."""
     resume: bool = False
     """Continue from the last checkpoint in RUN_DIR."""
     overwrite: bool = False
@@ -245,6 +247,16 @@ def _train(cfg: TrainConfig, train_rows: list[dict], val_rows: list[dict], callb
         stats = add_retrieval(cfg, train_rows, val_rows)
         print(f"retrieval-aware: {stats['train']['with_context']}/{len(train_rows)} training and "
               f"{stats['val']['with_context']}/{len(val_rows)} validation prompts hold {cfg.rag_k} records", flush=True)
+    if cfg.ground_targets:
+        from catalogtune.train.grounding import ground_rows
+
+        for name, rows in (("training", train_rows), ("validation", val_rows)):
+            g = ground_rows(rows)
+            kept = g["chars_after"] / max(g["chars_before"], 1)
+            print(f"grounded targets: {g['kept']} {name} targets kept ({kept:.0%} of their characters), "
+                  f"{g['dropped']} dropped with no supported sentence", flush=True)
+        if not train_rows:
+            raise CatalogtuneError("ground_targets left no training target: every description states facts its prompt lacks")
     summary = train(cfg, train_rows, val_rows, callback=callback)
     return TrainResult(cfg.out, summary)
 
