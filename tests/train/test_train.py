@@ -92,10 +92,14 @@ def test_budget_keeps_the_steps_that_fit_and_resume_keeps_them(make_cfg):
     assert cut["stopped"] == "budget" and 1 <= cut["steps"] < full["steps"]
     assert cut["plan"]["kept_steps"] == cut["steps"] and cut["plan"]["planned_steps"] == full["steps"]
     assert cut["plan"]["budget_s"] == budget_seconds(budget)
+    # under one epoch fits: one pass over a stratified sample of exactly the records the steps see
+    assert cut["sample"]["records"] == cut["plan"]["sample_records"] < cut["n_train"] == full["n_train"]
+    assert cut["sample"]["records"] <= cut["steps"] * 4 and cut["sample"]["strata"].startswith("title length")
     # the kept step count is in the checkpoint: a resume (a new, slower probe) keeps the same schedule
     again = run(make_cfg("cut", max_steps=None, epochs=4, eval_every=0, memory_probe=True, budget="0.001s",
                          resume=True)).summary
     assert again["steps"] == cut["steps"] and again["resumed_from"] == cut["steps"]
+    assert again["sample"] == cut["sample"]
     # a generous budget changes nothing
     roomy = run(make_cfg("roomy", max_steps=None, epochs=4, eval_every=0, memory_probe=True, budget="10h")).summary
     assert roomy["stopped"] == "finished" and roomy["steps"] == full["steps"]

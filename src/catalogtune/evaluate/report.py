@@ -7,7 +7,6 @@ except through the embedding functions passed in.
 from __future__ import annotations
 
 import math
-import re
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -15,6 +14,7 @@ import numpy as np
 
 from catalogtune.core.util import atomic_write, atomic_write_text
 from catalogtune.data import kinds
+from catalogtune.data.categories import CATEGORY_KEYWORDS, TITLE_BUCKETS, infer_category, title_bucket  # noqa: F401  (re-exported)
 from catalogtune.evaluate import compare, diversity, metrics, probes
 
 MAIN_METRICS = ("perplexity", "rouge_l", "chrf", "cosine", "bertscore_f1", "unsupported_rate")
@@ -33,53 +33,6 @@ PROBE_METRICS = ("n", "book_blurb_share", "quote_style_share", "invented_attribu
 COMPARE_METRICS = ("rouge_l", "cosine", "bertscore_f1", "chrf_s", "perplexity", "unsupported_rate",
                    "invented_attribution", "quote_style")
 """Columns of the paired-difference table."""
-
-TITLE_BUCKETS = ((40, "short (<40 chars)"), (80, "medium (40-79)"), (10**9, "long (80+)"))
-"""Title-length buckets in characters (the full data's median title is 54 characters)."""
-
-CATEGORY_KEYWORDS: dict[str, tuple[str, ...]] = {
-    "books": ("book", "books", "paperback", "hardcover", "novel", "author", "edition", "isbn", "chapter",
-              "chapters", "reader", "readers", "reading", "published", "publisher", "poems", "poetry", "memoir",
-              "stories", "story", "cookbook", "recipes", "guide", "essays", "trilogy", "saga", "biography",
-              "fiction", "mystery", "mysteries", "literary", "writing", "writings", "written", "volume", "pages",
-              "illustrated", "starred review"),
-    "music": ("cd", "album", "albums", "song", "songs", "tracks", "vinyl", "lp", "band", "singer", "music",
-              "audio cd", "remastered", "soundtrack"),
-    "movies": ("dvd", "blu-ray", "bluray", "film", "films", "movie", "movies", "starring", "director",
-               "vhs", "episodes", "season", "widescreen"),
-    "clothing": ("shirt", "t-shirt", "dress", "jeans", "pants", "shoe", "shoes", "boots", "sock", "socks",
-                 "jacket", "hoodie", "sweater", "sleeve", "cotton", "polyester", "women's", "men's",
-                 "apparel", "skirt", "costume", "leggings", "tutu", "leotard"),
-    "toys": ("toy", "toys", "lego", "puzzle", "doll", "dolls", "plush", "ages", "playset", "board game",
-             "action figure", "kids", "children"),
-}
-"""Keyword rules for inferring a category; the data has no category field."""
-
-_CAT_PATTERNS = {
-    cat: [re.compile(r"(?<![\w'-])" + re.escape(w) + r"(?![\w'-])") for w in words]
-    for cat, words in CATEGORY_KEYWORDS.items()
-}
-
-
-def title_bucket(title: str) -> str:
-    """The title-length bucket of a title."""
-    n = len(title or "")
-    return next(label for limit, label in TITLE_BUCKETS if n < limit)
-
-
-def infer_category(title: str, reference: str = "") -> str:
-    """A category from keyword hits: a title hit counts 2, a reference hit 1; the best score wins.
-
-    Ties go to the first category in ``CATEGORY_KEYWORDS``; otherwise ``other``.
-    """
-    t, r = (title or "").lower(), (reference or "").lower()[:2000]
-    best, best_score = "other", 0
-    for cat, pats in _CAT_PATTERNS.items():
-        score = sum(2 * bool(p.search(t)) + bool(p.search(r)) for p in pats)
-        if score > best_score:
-            best, best_score = cat, score
-    return best
-
 
 def add_sample_metrics(
     rows: list[dict],

@@ -73,6 +73,8 @@ class Tokenized:
     examples: list[Example]
     skipped: dict[str, int]
     truncated: int
+    sources: list[int] = field(default_factory=list)
+    """For each example, the index of its record in the input."""
 
 
 def tokenize(records: Sequence[dict], tok: Any, max_length: int) -> Tokenized:
@@ -86,7 +88,8 @@ def tokenize(records: Sequence[dict], tok: Any, max_length: int) -> Tokenized:
     skipped: dict[str, int] = {}
     prompts: list[str] = []
     completions: list[str] = []
-    for rec in records:
+    kept: list[int] = []
+    for i, rec in enumerate(records):
         title, content = rec.get("title"), rec.get("content")
         if not isinstance(content, str) or not content.strip():
             skipped["empty_content"] = skipped.get("empty_content", 0) + 1
@@ -102,7 +105,9 @@ def tokenize(records: Sequence[dict], tok: Any, max_length: int) -> Tokenized:
         limit = max_length * 16
         text = content.strip()
         completions.append(text[:limit] if len(text) > limit else completion_text(tok, text))
+        kept.append(i)
     examples: list[Example] = []
+    sources: list[int] = []
     truncated = 0
     if not prompts:
         return Tokenized(examples, skipped, truncated)
@@ -110,7 +115,7 @@ def tokenize(records: Sequence[dict], tok: Any, max_length: int) -> Tokenized:
     # The chat template already holds any BOS token, so add none here.
     all_p = tok(prompts, add_special_tokens=False)["input_ids"]
     all_c = tok(completions, add_special_tokens=False)["input_ids"]
-    for p_ids, c_ids in zip(all_p, all_c):
+    for src, p_ids, c_ids in zip(kept, all_p, all_c):
         room = max_length - len(p_ids)
         if room < 2:
             skipped["prompt_too_long"] = skipped.get("prompt_too_long", 0) + 1
@@ -119,7 +124,8 @@ def tokenize(records: Sequence[dict], tok: Any, max_length: int) -> Tokenized:
             truncated += 1
             c_ids = c_ids[:room]
         examples.append((list(p_ids) + list(c_ids), len(p_ids)))
-    return Tokenized(examples, skipped, truncated)
+        sources.append(src)
+    return Tokenized(examples, skipped, truncated, sources)
 
 
 def useful_tokens(ex: Example) -> int:

@@ -40,6 +40,8 @@ class LoopState:
     val_history: list[list[float]] = field(default_factory=list)
     total_steps: int | None = None
     """The run's step count once fixed by a budget: a resumed run keeps it (same lr schedule)."""
+    sample_n: int | None = None
+    """Records of the stratified sample a budget shorter than one epoch trains on (None: all); a resumed run draws the same."""
 
 
 def checkpoints(run_dir: Path) -> list[tuple[int, Path]]:

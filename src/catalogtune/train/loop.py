@@ -97,6 +97,7 @@ class Loop:
         self.fast = self._speed_ups()
         train_tok = tokenize(train_rows, self.tok, cfg.max_length)
         self.examples: list[Example] = train_tok.examples
+        self.records = [train_rows[i] for i in train_tok.sources]  # the record of each example
         if not self.examples:
             raise CatalogtuneError(f"no usable training records in {cfg.data} (skipped: {train_tok.skipped})")
         self.val: list[Example] = tokenize(val_rows, self.tok, cfg.max_length).examples
@@ -115,6 +116,8 @@ class Loop:
         self.state, self.best, self.resumed_from = LoopState(), None, None
         self._restore_or_clean()
         self.planned_total = self.total
+        if self.state.sample_n is not None:  # a budget's stratified sample: the same records again
+            self.use_sample(self.state.sample_n)
         if self.state.total_steps is not None:  # fixed by a budget before the checkpoint: same schedule
             self.total = self.state.total_steps
         self.wall_before = self.state.wall_s
@@ -254,11 +257,35 @@ class Loop:
         if self.acc.num_processes > 1:  # every rank must stop at the same step: the smallest
             keep = int(self.acc.gather(torch.tensor([keep], device=self.acc.device)).min())
         self.plan.update(budget_s=budget, planned_steps=self.total, kept_steps=st.step + keep)
-        self.total = st.total_steps = st.step + keep
-        if keep < left and self.main:
+        per_step = cfg.batch_size * cfg.grad_accum * self.acc.num_processes
+        if st.step == 0 and keep < self.sched.steps_per_epoch and keep * per_step < len(self.examples):
+            # Less than one epoch fits: one pass over a stratified sample, not a random prefix.
+            of = len(self.examples)
+            st.sample_n = keep * per_step
+            self.use_sample(st.sample_n)
+            keep = min(keep, self.sched.steps_per_epoch)
+            self.plan.update(sample_records=st.sample_n, sample_of=of)
+            if self.main:
+                print(f"train plan: budget {cfg.budget}: {keep:,} of {left:,} steps kept: one epoch over a seeded "
+                      f"sample of {st.sample_n:,} of {of:,} records, stratified by title length and inferred "
+                      "category", file=sys.stderr, flush=True)
+        elif keep < left and self.main:
             share = keep / max(1, self.sched.steps_per_epoch)
-            print(f"train plan: budget {cfg.budget}: {keep:,} of {left:,} steps kept ({share:.2f} epochs; "
-                  f"the schedule is shuffled, so a seeded random share of the records)", file=sys.stderr, flush=True)
+            print(f"train plan: budget {cfg.budget}: {keep:,} of {left:,} steps kept ({share:.2f} epochs)",
+                  file=sys.stderr, flush=True)
+        self.total = st.total_steps = st.step + keep
+
+    def use_sample(self, n: int) -> None:
+        """Train on ``stratified_sample(records, n)`` (seeded by the run's seed) instead of every record."""
+        from catalogtune.data.categories import stratified_sample
+
+        idx = stratified_sample(self.records, n, self.cfg.seed)
+        self.examples = [self.examples[i] for i in idx]
+        self.records = [self.records[i] for i in idx]
+        self.sched = make_schedule(len(self.examples), self.cfg.batch_size, self.cfg.grad_accum, self.cfg.seed,
+                                   self.acc.num_processes, self.acc.process_index)
+        self.data_info["sample"] = {"records": len(idx), "of": self.data_info["n_train"],
+                                    "strata": "title length x inferred category", "seed": self.cfg.seed}
 
     @torch.no_grad()
     def evaluate(self) -> float:
