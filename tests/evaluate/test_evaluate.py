@@ -145,8 +145,15 @@ def test_killed_run_resumes_and_matches_an_uninterrupted_one(tmp_path, data_dir,
         fh.write('{"id": "r05')
     gen = FakeGenerator()
     _patch(monkeypatch, gen)
-    res = evaluate.run(_cfg(tmp_path / "b", data_dir), log=lambda m: None)
+    lines: list[str] = []
+    res = evaluate.run(_cfg(tmp_path / "b", data_dir), log=lines.append)
     assert gen.generated == res.generated == 2 * (6 + 4) - 4
+    # the plan counts what the caches already hold, and projects each system from its first batch
+    plan = res.report["plan"]
+    assert plan["generations"] == res.generated and plan["cached"] == 4 and plan["systems"] == 2
+    assert lines[0].startswith("evaluate plan: 16 descriptions to generate (4 cached)")
+    assert len(plan["probes"]) == 4 and all(p["s_per_description"] >= 0 for p in plan["probes"])
+    assert sum(1 for m in lines if m.startswith("evaluate plan: ") and " first " in m) == 4
     for key in ("systems", "seen"):
         got, want = res.report[key], full[key]
         got = got if key == "systems" else got["systems"]

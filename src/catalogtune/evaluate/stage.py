@@ -254,13 +254,64 @@ def _fingerprint(cfg: EvalConfig, gen: Any, model_id: str, adapter: str | None, 
     })
 
 
+def _cache_path(cfg: EvalConfig, gen: Any, model_id: str, adapter: str | None, split: str, system: str) -> Path:
+    fp = _fingerprint(cfg, gen, model_id, adapter, system)
+    return Path(cfg.out) / "cache" / f"{split}__{system.replace('+', '_')}__{fp}.jsonl"
+
+
+class Plan:
+    """What an evaluation will generate, and its projected time from each system's first batch.
+
+    Printed before anything is generated (generations to do, cached) and after each system's
+    first batch (seconds per description there, the time that system will take, the peak
+    memory so far); the figures end up in ``report["plan"]``.
+    """
+
+    def __init__(self, todo: int, cached: int, systems: int, max_new_tokens: int, log: Callable[[str], None]):
+        self.todo, self.cached, self.log = todo, cached, log
+        self.done, self.t0 = 0, time.perf_counter()
+        self.info: dict[str, Any] = {"generations": todo, "cached": cached, "systems": systems, "probes": []}
+        if todo:
+            log(f"evaluate plan: {todo:,} descriptions to generate ({cached:,} cached) over {systems} model "
+                f"system(s), up to {max_new_tokens} new tokens each")
+
+    def first_batch(self, name: str, n_batch: int, seconds: float, left: int) -> None:
+        from catalogtune.core.util import peak_rss_mb
+
+        per = seconds / max(1, n_batch)
+        self.info["probes"].append({"cache": name, "s_per_description": round(per, 3), "left": left})
+        rest = self.todo - self.done
+        self.log(f"evaluate plan: {name}: first {n_batch} in {seconds:.1f} s ({per:.2f} s each) -> about "
+                 f"{_minutes(per * left)} for its {left:,}; {rest:,} left in all -> about {_minutes(per * rest)} "
+                 f"at this rate; peak memory {peak_rss_mb():,.0f} MB")
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
+
+
+def _plan(cfg: EvalConfig, ctx: dict, splits: dict[str, list[dict]], systems: list[str],
+          log: Callable[[str], None]) -> Plan:
+    """Count the descriptions not in the caches yet (by record id and content)."""
+    todo = cached = 0
+    models = [s for s in systems if s in MODEL_SYSTEMS]
+    for split, items in splits.items():
+        for s in models:
+            done = read_cache(_cache_path(cfg, ctx["gen"], ctx["model_id"], ctx["adapter"], split, s))
+            hit = sum(1 for it in items if done.get(it["id"], {}).get("key") == _item_key(it))
+            todo, cached = todo + len(items) - hit, cached + hit
+    return Plan(todo, cached, len(models), cfg.max_new_tokens, log)
+
+
 def run_system(
     gen: Any, cache: Path, items: list[dict], contexts: dict[str, list[dict]] | None,
     use_adapter: bool, cfg: EvalConfig, log: Callable[[str], None], score: bool = True,
+    plan: Plan | None = None,
 ) -> tuple[list[dict], int]:
     """Generate and score ``items`` for one system, resuming from ``cache``; (rows, generated).
 
-    ``score=False`` (probe titles, which have no reference) skips the likelihood.
+    ``score=False`` (probe titles, which have no reference) skips the likelihood. ``plan`` gets
+    the first batch's timing and counts what is done.
     """
     done = read_cache(cache)
 
@@ -271,6 +322,7 @@ def run_system(
 
     todo = [it for it in items if not fresh(it)]
     for start in range(0, len(todo), cfg.batch_size):
+        t_batch = time.perf_counter()
         batch = todo[start : start + cfg.batch_size]
         ctx = [contexts[it["id"]] if contexts is not None else None for it in batch]
         prompts = [gen.prompt(it["title"], context=c) for it, c in zip(batch, ctx)]
@@ -289,6 +341,11 @@ def run_system(
                          "n_tokens": None if ntok is None else int(ntok)})
         append_cache(cache, recs)
         done.update({r["id"]: r for r in recs})
+        if plan is not None:
+            plan.done += len(batch)
+            if start == 0:
+                plan.first_batch(cache.name.split("__")[0] + " " + cache.name.split("__")[1], len(batch),
+                                 time.perf_counter() - t_batch, len(todo))
         log(f"{cache.name}: {min(start + cfg.batch_size, len(todo))}/{len(todo)} generated")
     rows = []
     for it in items:
@@ -347,7 +404,6 @@ def _evaluate_split(cfg: EvalConfig, split: str, items: list[dict], systems: lis
                     log: Callable[[str], None]) -> tuple[dict, dict[str, list[dict]], dict | None, int]:
     """Generate, score and summarise one split: (report part, rows by system, contexts, generations made)."""
     gen, model_id, adapter, index = ctx["gen"], ctx["model_id"], ctx["adapter"], ctx["index"]
-    out = Path(cfg.out)
     contexts = retrieve(index, items, cfg.k, exclude_self=split == "seen") if index and items else None
     nearest = retrieve(index, items, 1, exclude_self=True) if index and items and "retrieval-only" in systems else None
     # Claims are checked against the title and the same retrieved records for every system.
@@ -358,10 +414,10 @@ def _evaluate_split(cfg: EvalConfig, split: str, items: list[dict], systems: lis
         if s in BASELINES:
             rows = baseline_rows(s, items, nearest)
         else:
-            fp = _fingerprint(cfg, gen, model_id, adapter, s)
-            cache = out / "cache" / f"{split}__{s.replace('+', '_')}__{fp}.jsonl"
+            cache = _cache_path(cfg, gen, model_id, adapter, split, s)
             rows, n_new = run_system(gen, cache, items, contexts if s.endswith("+rag") else None,
-                                     s.startswith("finetuned"), cfg, log, score=split != "probes")
+                                     s.startswith("finetuned"), cfg, log, score=split != "probes",
+                                     plan=ctx.get("plan"))
             generated += n_new
         if split == "probes":
             eval_report.add_probe_metrics(rows, support)
@@ -425,6 +481,7 @@ def _run_locked(cfg: EvalConfig, log: Callable[[str], None], t0: float, out: Pat
     embed, token_embed = _embedders(cfg.embedder)
     ctx = {"gen": gen, "model_id": model_id, "adapter": adapter, "index": index, "embed": embed,
            "token_embed": token_embed}
+    ctx["plan"] = plan = _plan(cfg, ctx, splits, systems, log)
     report: dict[str, Any] = {"records": {}}
     generated = 0
     for split, items in splits.items():
@@ -438,7 +495,7 @@ def _run_locked(cfg: EvalConfig, log: Callable[[str], None], t0: float, out: Pat
         else:
             report[split] = part
     report.update(
-        test_source=test_source, model=model_id, adapter=adapter, skipped=skipped,
+        test_source=test_source, model=model_id, adapter=adapter, skipped=skipped, plan=plan.info,
         config=config.to_dict(cfg), notes=_notes(cfg, skipped, model_id, test_source),
         subtitle=f"model {model_id}" + (f", run {cfg.run}" if cfg.run else "") + f", {test_source}",
     )
