@@ -152,7 +152,14 @@ def test_a_kill_loses_at_most_one_chunk_and_a_rerun_resumes(catalogue, run_dir, 
 
 def test_limit_stops_early_and_a_longer_limit_extends(catalogue, run_dir, engine, tmp_path):
     out = tmp_path / "lim"
-    assert D.run(cfg_for(catalogue, run_dir, out, limit=6, only_missing=False), engine=engine).summary["selected"] == 6
+    first = D.run(cfg_for(catalogue, run_dir, out, limit=6, only_missing=False), engine=engine).summary
+    assert first["selected"] == 6
+    # the plan: the first chunk's rate, projected onto the rest of the limit and the catalogue's missing ones
+    plan = first["plan"]
+    assert plan["first_chunk"] == 4 and plan["products_per_s"] > 0 and plan["peak_rss_mb"] > 0
+    rate = plan["products_per_s"]
+    assert plan["limit_left_s"] == pytest.approx(2 / rate, abs=0.1 + 2 / rate * 1e-3)
+    assert plan["catalogue_missing_h"] == pytest.approx(D.MISSING_IN_CATALOGUE / rate / 3600, abs=0.1, rel=1e-3)
     assert [r["uid"] for r in read_out(out)] == [f"P{i:03d}" for i in range(6)]
     more = CountingEngine(engine)
     res = D.run(cfg_for(catalogue, run_dir, out, limit=10, only_missing=False), engine=more)
