@@ -32,10 +32,17 @@ def test_bench_generate_json_line(tiny_model_dir, sample_path, capsys):
     # evaluate's settings by default: references in the prompt, the project's repetition rules
     assert res["settings"] == "evaluate" and res["decoding"]["no_repeat_ngram_size"] == 3
     assert res["mean_prompt_tokens"] > 60
-    # the roofline: weights read once per step, 2 FLOPs per weight per row, whichever is slower
-    limit = res["batch_size"] / max(res["weight_bytes_per_step"] / (res["memory_bandwidth_gb_s"] * 1e9),
-                                    2 * res["linear_weights"] * res["batch_size"] / (res["matmul_ceiling_tflops"] * 1e12))
-    assert res["roofline_tokens_per_s"] == pytest.approx(limit, rel=0.01)
+    # the roofline: weights read once per step, 2 FLOPs per weight per row, whichever is slower...
+    b, flop_s = res["batch_size"], res["matmul_ceiling_tflops"] * 1e12
+    step = max(res["weight_bytes_per_step"] / (res["memory_bandwidth_gb_s"] * 1e9), 2 * res["linear_weights"] * b / flop_s)
+    assert res["decode_only_roofline_tokens_per_s"] == pytest.approx(b / step, rel=0.01)
+    # ... after the prefill of each row's prompt, which the measured tokens/s include
+    new = res["new_tokens"] / res["prompts"]
+    prefill = 2 * res["linear_weights"] * b * res["mean_prompt_tokens"] / flop_s
+    assert res["roofline_new_tokens_per_row"] == pytest.approx(new, abs=0.06)
+    assert res["roofline_tokens_per_s"] == pytest.approx(b * new / (prefill + new * step), rel=0.02)
+    assert res["roofline_tokens_per_s"] < res["decode_only_roofline_tokens_per_s"]
+    assert 0 < res["prefill_share_of_limit_time"] < 1
     assert res["share_of_roofline"] == pytest.approx(res["batched_tokens_per_s"] / res["roofline_tokens_per_s"], rel=0.02, abs=1e-4)
 
 

@@ -11,10 +11,13 @@ layers), measured in the same process, interleaved with the batched path batch b
 (three other catalogue records as references) and, with ``--run``, the adapter on.
 ``--settings plain``: bare greedy decoding of bare title prompts.
 
-The roofline is the best a decode step could do at the batch used: it must read every weight
-once (bytes / measured memory bandwidth) and do 2 FLOPs per weight per row (FLOPs / measured
-matmul ceiling in the dtype generation runs in); tokens/s <= batch / max(both times). KV-cache
-reads and attention are left out, so the real limit is a little lower. The machine is shared, so
+The roofline is the best the batched path could do at the batch used: a decode step must read
+every weight once (bytes / measured memory bandwidth) and do 2 FLOPs per weight per row (FLOPs /
+measured matmul ceiling in the dtype generation runs in), and before its first step each row's
+prompt costs 2 FLOPs per weight per prompt token (the prefill, which the measured tokens/s
+include); tokens/s <= batch x new tokens / (prefill time + new tokens x step time). The
+decode-only limit is printed beside it. KV-cache reads and attention are left out, so the real
+limit is a little lower. The machine is shared, so
 CPU seconds are reported beside wall seconds.
 """
 
@@ -166,7 +169,9 @@ def run(cfg: BenchGenerateConfig) -> BenchGenerateResult:
         prompts = [gen.prompt(r["title"], context=c) for r, c in zip(records, contexts)]
         figures = _measure(gen, prompts, cfg)
         if cfg.roofline:
-            figures.update(roofline(gen, int(cfg.batch_size), figures["batched_tokens_per_s"]))
+            new_per_row = figures["new_tokens"] / max(1, figures["prompts"])
+            figures.update(roofline(gen, int(cfg.batch_size), figures["batched_tokens_per_s"],
+                                    prompt_tokens=figures["mean_prompt_tokens"], new_tokens=new_per_row))
     finally:
         torch.set_num_threads(old_threads)
     figures.update(threads=threads, load_avg_1m=[round(load_before, 2), round(os.getloadavg()[0], 2)])
@@ -251,8 +256,15 @@ def memory_bandwidth_gb_s(mb: int = 256, trials: int = 5) -> float:
     return 2 * src.numel() * 4 / statistics.median(times) / 1e9
 
 
-def roofline(gen: Any, batch: int, measured_tok_s: float) -> dict[str, Any]:
-    """The decode roofline at ``batch`` rows for ``gen``'s model, and the measured share of it."""
+def roofline(gen: Any, batch: int, measured_tok_s: float, prompt_tokens: float = 0.0,
+             new_tokens: float = 1.0) -> dict[str, Any]:
+    """The roofline at ``batch`` rows for ``gen``'s model, and the measured share of it.
+
+    The measured tokens/s include the prefill of each row's ``prompt_tokens`` (2 FLOPs per weight
+    per prompt token, at the matmul ceiling) before its ``new_tokens`` decode steps, so the limit
+    does too: ``batch * new_tokens / (prefill time + new_tokens * step time)``. The decode-only
+    limit is given beside it.
+    """
     import torch
 
     from catalogtune.bench.ceiling import matmul_ceiling_tflops
@@ -265,8 +277,14 @@ def roofline(gen: Any, batch: int, measured_tok_s: float) -> dict[str, Any]:
     bw = memory_bandwidth_gb_s()
     tflops = matmul_ceiling_tflops(n=1024, dtype=dtype)
     step_s = max(bytes_per_step / (bw * 1e9), 2.0 * weights * batch / (tflops * 1e12))
-    limit = batch / step_s
+    decode_limit = batch / step_s
+    prefill_s = 2.0 * weights * batch * prompt_tokens / (tflops * 1e12)
+    new_tokens = max(new_tokens, 1e-9)
+    limit = batch * new_tokens / (prefill_s + new_tokens * step_s)
     return {"roofline_tokens_per_s": round(limit, 1), "share_of_roofline": round(measured_tok_s / limit, 4),
+            "decode_only_roofline_tokens_per_s": round(decode_limit, 1),
+            "prefill_share_of_limit_time": round(prefill_s / (prefill_s + new_tokens * step_s), 3),
+            "roofline_prompt_tokens": round(prompt_tokens, 1), "roofline_new_tokens_per_row": round(new_tokens, 1),
             "roofline_bound": "memory" if bytes_per_step / (bw * 1e9) >= 2.0 * weights * batch / (tflops * 1e12) else "compute",
             "memory_bandwidth_gb_s": round(bw, 2), "matmul_ceiling_tflops": round(tflops, 3),
             "ceiling_dtype": dtype, "linear_weights": weights, "weight_bytes_per_step": bytes_per_step}
