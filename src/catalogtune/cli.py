@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("catalogtune.infer.export", "export a run as merged safetensors, GGUF or an Ollama Modelfile"),
     "serve": ("catalogtune.infer.serve", "OpenAI-compatible HTTP server for the base and fine-tuned model"),
     "evaluate": ("catalogtune.evaluate.stage", "before/after and fine-tuning vs RAG evaluation"),
+    "compare": ("catalogtune.evaluate.multi", "several runs (and base models) on the same records, one report"),
     "demo": ("catalogtune.demo", "run the whole pipeline on real data and summarise it"),
     "app": ("catalogtune.app", "start the Streamlit app (127.0.0.1 by default)"),
     "bench": ("catalogtune.bench", "benchmarks: prepare, train, generate, retrieve"),
