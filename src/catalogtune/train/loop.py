@@ -103,6 +103,12 @@ class Loop:
         self.val: list[Example] = tokenize(val_rows, self.tok, cfg.max_length).examples
         if cfg.eval_every and not self.val:
             raise CatalogtuneError(f"no usable validation records in {cfg.data}")
+        too_long = train_tok.skipped.get("prompt_too_long", 0)
+        if too_long and self.main:
+            print(f"train: {too_long} of {len(train_rows)} training prompts leave no room for a description in "
+                  f"max_length {cfg.max_length} tokens and are skipped"
+                  + (" (retrieval-aware prompts hold references: raise --max-length, the demo uses 448)"
+                     if cfg.rag_index is not None else ""), file=sys.stderr, flush=True)
         self.data_info = {"n_train": len(self.examples), "n_val": len(self.val),
                           "skipped": train_tok.skipped, "truncated": train_tok.truncated}
         self.sched = make_schedule(len(self.examples), cfg.batch_size, cfg.grad_accum, cfg.seed,
