@@ -70,6 +70,7 @@ class FakeGenerator:
             raise KeyboardInterrupt  # a kill in the middle of the run
         self.generated += len(prompts)
         self.prompts += prompts
+        self.decoding = decoding
         out = []
         for p in prompts:
             title = p.split("\n")[0][3:]
@@ -183,6 +184,11 @@ def test_base_results_are_reused_once_the_adapter_exists(tmp_path, data_dir, mon
     _patch(monkeypatch, gen3)
     evaluate.run(_cfg(tmp_path, data_dir, max_new_tokens=8), log=lambda m: None)
     assert gen3.generated == 20
+    gen4 = FakeGenerator()  # so does the grounding penalty, which reaches the generator
+    _patch(monkeypatch, gen4)
+    res = evaluate.run(_cfg(tmp_path, data_dir, max_new_tokens=8, ground_penalty=2.0), log=lambda m: None)
+    assert gen4.generated == 20 and gen4.decoding["ground_penalty"] == 2.0
+    assert "ground_penalty" in res.report["notes"][0]
 
 
 def test_raw_test_file_is_cleaned_and_evaluated_without_seen(tmp_path, trn_head_path, monkeypatch):

@@ -157,6 +157,30 @@ def test_repetition_rules_see_the_output_only_by_default(gen, prompts):
         gen.generate(prompts[:1], penalty_scope="prompt")
 
 
+def test_ground_penalty_keeps_absent_names_and_numbers_out_mid_sentence(gen, prompts):
+    import torch
+
+    from catalogtune.core.decoding import grounding_vocab
+
+    real = grounding_vocab(gen.tok)
+    assert len(real["key"]) == len(gen.tok) and real["n_keys"] <= len(gen.tok)
+    plain = gen.generate(prompts, max_new_tokens=24)
+    # The random model writes few capitals: call every token it generated outside its prompt a "name"
+    invented = {t for g, p in zip(plain, prompts) for t in g.token_ids[1:] if t not in set(gen.encode(p))}
+    assert invented
+    n = len(gen.tok)
+    claim = torch.zeros(n, dtype=torch.bool)
+    claim[list(invented)] = True
+    gen._ground_vocab = {"key": torch.arange(n), "claim": claim, "ends": torch.zeros(n, dtype=torch.bool), "n_keys": n}
+    try:
+        grounded = gen.generate(prompts, max_new_tokens=24, ground_penalty=1e4)
+    finally:
+        gen._ground_vocab = None
+    for g, p in zip(grounded, prompts):
+        assert not set(g.token_ids[1:]) & (invented - set(gen.encode(p)))  # the first token starts a sentence
+    assert [g.text for g in grounded] != [g.text for g in plain]
+
+
 def test_output_rules_ignore_the_prompt_columns():
     import torch
 
@@ -203,7 +227,7 @@ def test_hostile_titles_give_bounded_safe_prompts(gen, monkeypatch):
 @pytest.mark.parametrize("kwargs", [
     {"max_new_tokens": 0}, {"max_new_tokens": "5"}, {"batch_size": 0},
     {"do_sample": True, "temperature": 0}, {"do_sample": True, "top_p": 1.5},
-    {"repetition_penalty": 0}, {"no_repeat_ngram_size": -1},
+    {"repetition_penalty": 0}, {"no_repeat_ngram_size": -1}, {"ground_penalty": -1.0},
 ])
 def test_bad_options_are_errors(gen, prompts, kwargs):
     with pytest.raises(CatalogtuneError):

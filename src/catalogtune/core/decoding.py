@@ -27,12 +27,14 @@ class Decoding:
     from repeating the title's words or copying a retrieved record's facts."""
     do_sample: bool = False
     """Greedy (False) or sampled decoding."""
+    ground_penalty: float = 0.0
+    """Logit penalty on starting a mid-sentence name or a number the prompt lacks (GroundedNames; 0 = off)."""
 
     def kwargs(self, **overrides: Any) -> dict[str, Any]:
         """Keyword arguments for ``Generator.generate``; ``overrides`` (e.g. max_new_tokens) win."""
         kw = {"max_new_tokens": self.max_new_tokens, "repetition_penalty": self.repetition_penalty,
               "no_repeat_ngram_size": self.no_repeat_ngram_size, "penalty_scope": self.penalty_scope,
-              "do_sample": self.do_sample}
+              "do_sample": self.do_sample, "ground_penalty": self.ground_penalty}
         kw.update(overrides)
         return kw
 
@@ -67,3 +69,59 @@ class _OutputOnly:
 
 DECODING = Decoding()
 """The project's one decoding setting (greedy, repetition penalty 1.2, no repeated 3-grams)."""
+
+
+class GroundedNames:
+    """Logits processor: a penalty on starting a name or a number that the prompt does not hold.
+
+    Small models fill descriptions with invented authors, places, dates and sizes. Mid-sentence,
+    a token that starts a capitalised word or a number is lowered by ``penalty`` unless the same
+    word piece (case and leading space ignored) occurs in the row's prompt: the title and any
+    retrieved records. After a sentence end (``.``, ``!``, ``?``, ``:``, a new line) and for the
+    first generated token, capitals are grammar and nothing is lowered. ``vocab`` comes from
+    ``grounding_vocab(tokenizer)`` (computed once per tokenizer).
+    """
+
+    def __init__(self, vocab: dict[str, Any], prompt_width: int, penalty: float) -> None:
+        self.vocab, self.start, self.penalty = vocab, prompt_width, float(penalty)
+        self.banned = None  # (rows, V) bool: name/number starts absent from the row's prompt
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        import torch
+
+        v = self.vocab
+        if self.banned is None:
+            prompt = input_ids[:, :self.start]
+            allowed = torch.zeros((prompt.shape[0], v["n_keys"]), dtype=torch.bool, device=scores.device)
+            allowed.scatter_(1, v["key"].to(scores.device)[prompt.clamp(0, len(v["key"]) - 1)], True)
+            key = v["key"].to(scores.device)
+            claim = v["claim"].to(scores.device)
+            self.banned = claim.unsqueeze(0) & ~allowed.gather(1, key.unsqueeze(0).expand(prompt.shape[0], -1))
+        if input_ids.shape[-1] <= self.start:
+            return scores
+        last = input_ids[:, -1].clamp(0, len(v["ends"]) - 1)
+        mid = ~v["ends"].to(scores.device)[last]  # rows in the middle of a sentence
+        width = scores.shape[-1]
+        banned = self.banned[:, :width] if self.banned.shape[1] >= width else torch.nn.functional.pad(
+            self.banned, (0, width - self.banned.shape[1]))
+        return scores - self.penalty * (banned & mid.unsqueeze(1)).to(scores.dtype)
+
+
+def grounding_vocab(tokenizer: Any) -> dict[str, Any]:
+    """Per token id: its normalised text key, whether it starts a name or number, whether it ends a sentence."""
+    import torch
+
+    n = len(tokenizer)
+    texts = tokenizer.batch_decode([[i] for i in range(n)])
+    keys: dict[str, int] = {}
+    key = torch.empty(n, dtype=torch.long)
+    claim = torch.zeros(n, dtype=torch.bool)
+    ends = torch.zeros(n, dtype=torch.bool)
+    for i, t in enumerate(texts):
+        norm = t.strip().lower()
+        key[i] = keys.setdefault(norm, len(keys))
+        word = t.lstrip(" ")
+        claim[i] = bool(word) and (word[0].isdigit() or (t.startswith(" ") and word[0].isupper()))
+        tail = t.rstrip(" ")
+        ends[i] = "\n" in t or (bool(tail) and tail[-1] in ".!?:;\"”")
+    return {"key": key, "claim": claim, "ends": ends, "n_keys": len(keys)}

@@ -72,6 +72,8 @@ class EvalConfig:
     decoding of small models otherwise loops ("bespoke, bespoke, ...")."""
     penalty_scope: str = DECODING.penalty_scope
     """What the two repetition rules look at: output (the generated tokens) or all (prompt too)."""
+    ground_penalty: float = DECODING.ground_penalty
+    """Logit penalty on mid-sentence name/number starts the prompt lacks, the same for every system (0 = off)."""
     batch_size: int = 16
     """Prompts per generation batch (also the checkpoint granularity)."""
     k: int = 3
@@ -103,6 +105,8 @@ class EvalConfig:
                 raise ValueError(f"{name} must be at least 1")
         if self.limit is not None and self.limit < 1:
             raise ValueError("limit must be at least 1 (or empty for the whole test split)")
+        if not self.ground_penalty >= 0:
+            raise ValueError("ground_penalty may not be negative")
         if self.bootstrap < 0:
             raise ValueError("bootstrap may not be negative")
         if self.seen_limit < 0 or self.samples < 0:
@@ -249,7 +253,8 @@ def _fingerprint(cfg: EvalConfig, gen: Any, model_id: str, adapter: str | None, 
         "v": CACHE_VERSION, "model": model_id, "adapter": adapter if system.startswith("finetuned") else None,
         "rag": system.endswith("+rag"), "max_new_tokens": cfg.max_new_tokens, "prompt": _sha(probe),
         "decoding": [cfg.repetition_penalty, cfg.no_repeat_ngram_size]
-        + ([] if cfg.penalty_scope == "all" else [cfg.penalty_scope]),  # old caches were scope "all"
+        + ([] if cfg.penalty_scope == "all" else [cfg.penalty_scope])  # old caches were scope "all"
+        + ([cfg.ground_penalty] if cfg.ground_penalty else []),
         "bf16": bool(getattr(gen, "bf16", False)),  # autocast changes greedy outputs
     })
 
@@ -329,7 +334,8 @@ def run_system(
         gens = gen.generate(prompts, max_new_tokens=cfg.max_new_tokens, do_sample=False,
                             repetition_penalty=cfg.repetition_penalty,
                             no_repeat_ngram_size=cfg.no_repeat_ngram_size, penalty_scope=cfg.penalty_scope,
-                            use_adapter=use_adapter, batch_size=cfg.batch_size)
+                            use_adapter=use_adapter, batch_size=cfg.batch_size,
+                            **({"ground_penalty": cfg.ground_penalty} if cfg.ground_penalty else {}))
         scores = (gen.score(prompts, [it["content"] for it in batch], use_adapter=use_adapter, batch_size=cfg.batch_size)
                   if score else [(None, None)] * len(batch))
         recs = []
@@ -521,7 +527,9 @@ def _notes(cfg: EvalConfig, skipped: dict[str, str], model_id: str, source: str)
     notes = [f"Base model {model_id}; greedy decoding with repetition penalty {cfg.repetition_penalty} and no repeated "
              f"{cfg.no_repeat_ngram_size}-grams ({'in the output only' if cfg.penalty_scope == 'output' else 'over prompt and output'}) "
              f"for every system (as ask and the app), at most {cfg.max_new_tokens} new "
-             f"tokens; test: {source}."]
+             f"tokens; test: {source}."
+             + (f" Names and numbers the prompt lacks are lowered by {cfg.ground_penalty} logits mid-sentence "
+                "(ground_penalty), for every system." if cfg.ground_penalty else "")]
     notes += [f"System {s} skipped: {why}." for s, why in skipped.items()]
     notes += [
         "Perplexity: exp(total NLL / total tokens) of the reference description (plus end token) after each system's prompt.",

@@ -201,6 +201,7 @@ class Generator:
         use_adapter: bool = True,
         seed: int = 0,
         penalty_scope: str = "output",
+        ground_penalty: float = 0.0,
     ) -> list[Generation]:
         """Generate one description per prompt (greedy unless ``do_sample``), in input order.
 
@@ -208,6 +209,8 @@ class Generator:
         ``"output"`` (the generated tokens only) or ``"all"`` (prompt too, as transformers does).
         Over the prompt they forbid the model to repeat the title or copy a retrieved record's
         3-grams (an author's name, a series title): the answer cannot use what it was given.
+        ``ground_penalty`` > 0 lowers the logits of mid-sentence name and number starts that the
+        row's prompt lacks (``core.decoding.GroundedNames``).
         """
         import torch
 
@@ -219,6 +222,8 @@ class Generator:
             raise CatalogtuneError(f"sampling needs temperature > 0 and 0 < top_p <= 1 (got {temperature}, {top_p})")
         if not repetition_penalty > 0:
             raise CatalogtuneError(f"repetition_penalty must be > 0, not {repetition_penalty}")
+        if not ground_penalty >= 0:
+            raise CatalogtuneError(f"ground_penalty must be >= 0, not {ground_penalty}")
         if penalty_scope not in PENALTY_SCOPES:
             raise CatalogtuneError(f"penalty_scope must be one of {', '.join(PENALTY_SCOPES)}, not {penalty_scope!r}")
         if not prompts:
@@ -243,7 +248,7 @@ class Generator:
             t0 = time.perf_counter()
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed + b)  # reproducible sampling without touching the caller's RNG
-                rows = self._generate_batch([encoded[i] for i in idx], gen_cfg, use_adapter, rules)
+                rows = self._generate_batch([encoded[i] for i in idx], gen_cfg, use_adapter, rules, ground_penalty)
             share = (time.perf_counter() - t0) / len(idx)
             for i, (ids, stopped) in zip(idx, rows):
                 results[i] = Generation(self._decode(ids), len(ids), share, stopped, ids, len(encoded[i]))
@@ -266,7 +271,7 @@ class Generator:
         return GenerationConfig(**kw)
 
     def _generate_batch(self, batch: list[list[int]], gen_cfg: Any, use_adapter: bool,
-                        rules: tuple[float, int] = (1.0, 0)) -> list[tuple[list[int], str]]:
+                        rules: tuple[float, int] = (1.0, 0), ground_penalty: float = 0.0) -> list[tuple[list[int], str]]:
         """Left-pad ``batch``, decode with the KV cache; (ids before the stop token, reason) per row.
 
         ``rules`` (repetition penalty, no-repeat n-gram size) apply to the generated tokens only.
@@ -285,7 +290,7 @@ class Generator:
         with torch.inference_mode(), self._adapter(use_adapter) as net, autocast:
             out = net.generate(
                 input_ids=input_ids.to(self.device), attention_mask=mask.to(self.device), generation_config=gen_cfg,
-                logits_processor=output_rules(width, *rules),
+                logits_processor=self._processors(width, rules, ground_penalty),
             )
         new = out[:, width:].tolist()
         stops = set(self.stop_ids)
@@ -294,6 +299,16 @@ class Generator:
             cut = next((j for j, t in enumerate(ids) if t in stops), None)
             rows.append((ids, "length") if cut is None else (ids[:cut], "eos"))
         return rows
+
+    def _processors(self, width: int, rules: tuple[float, int], ground_penalty: float) -> Any:
+        procs = output_rules(width, *rules)
+        if ground_penalty:
+            from catalogtune.core.decoding import GroundedNames, grounding_vocab
+
+            if getattr(self, "_ground_vocab", None) is None:
+                self._ground_vocab = grounding_vocab(self.tok)  # once per generator (~3 s for 49k tokens)
+            procs.append(GroundedNames(self._ground_vocab, width, ground_penalty))
+        return procs
 
     def _decode(self, ids: list[int]) -> str:
         text = self.tok.decode(ids, skip_special_tokens=True)
