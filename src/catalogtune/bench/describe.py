@@ -114,22 +114,16 @@ def _measure(engine: Any, titles: list[str], cfg: BenchDescribeConfig) -> dict[s
 
 def run(cfg: BenchDescribeConfig) -> dict[str, Any]:
     """Time both paths on the same titles; the figures of the JSON line."""
-    import torch
-
     from catalogtune.bench.generate import load_titles
     from catalogtune.infer.describe import TorchEngine
-    from catalogtune.infer.generate import auto_threads
+    from catalogtune.core.util import torch_threads
 
     titles = load_titles(cfg.sample, int(cfg.products))
     load_before = os.getloadavg()[0]
-    old = torch.get_num_threads()
-    threads = int(cfg.threads) if cfg.threads is not None else auto_threads(load_before, old)
-    torch.set_num_threads(threads)
-    try:  # process-wide setting: give it back (tests call this in-process)
+    # process-wide setting: torch_threads gives it back (tests call this in-process)
+    with torch_threads(int(cfg.threads) if cfg.threads is not None else None) as threads:
         engine = TorchEngine(cfg.run, None if cfg.run else str(cfg.model), bf16=cfg.bf16)
         figures = _measure(engine, titles, cfg)
-    finally:
-        torch.set_num_threads(old)
     figures.update(threads=threads, load_avg_1m=[round(load_before, 2), round(os.getloadavg()[0], 2)])
     return figures
 

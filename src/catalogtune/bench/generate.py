@@ -33,8 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from catalogtune.core import config
-from catalogtune.infer.generate import auto_threads
-from catalogtune.core.util import CatalogtuneError, shared_sample
+from catalogtune.core.util import CatalogtuneError, shared_sample, torch_threads
 
 
 @dataclass
@@ -153,16 +152,12 @@ def _timed(fn: Any) -> tuple[Any, float, float]:
 
 def run(cfg: BenchGenerateConfig) -> BenchGenerateResult:
     """Time the batched path and the one-at-a-time anchor on the same prompts, batch by batch."""
-    import torch
-
     from catalogtune.infer.generate import Generator
 
     records = load_records(cfg.sample, int(cfg.prompts))
     load_before = os.getloadavg()[0]
-    old_threads = torch.get_num_threads()
-    threads = int(cfg.threads) if cfg.threads is not None else auto_threads(load_before, old_threads)
-    torch.set_num_threads(threads)
-    try:  # the thread count is process-wide: give it back (tests call this in-process)
+    # the thread count is process-wide: torch_threads gives it back (tests call this in-process)
+    with torch_threads(int(cfg.threads) if cfg.threads is not None else None) as threads:
         gen = (Generator.from_run(cfg.run, bf16=cfg.bf16) if cfg.run is not None
                else Generator.from_model(cfg.model, bf16=cfg.bf16))
         contexts = rag_contexts(records) if cfg.settings == "evaluate" else [None] * len(records)
@@ -172,8 +167,6 @@ def run(cfg: BenchGenerateConfig) -> BenchGenerateResult:
             new_per_row = figures["new_tokens"] / max(1, figures["prompts"])
             figures.update(roofline(gen, int(cfg.batch_size), figures["batched_tokens_per_s"],
                                     prompt_tokens=figures["mean_prompt_tokens"], new_tokens=new_per_row))
-    finally:
-        torch.set_num_threads(old_threads)
     figures.update(threads=threads, load_avg_1m=[round(load_before, 2), round(os.getloadavg()[0], 2)])
     return BenchGenerateResult(figures=figures)
 

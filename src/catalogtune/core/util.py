@@ -379,6 +379,27 @@ def auto_threads(load_avg: float, default: int) -> int:
     return 1 if load_avg > (os.cpu_count() or 1) else default
 
 
+@contextlib.contextmanager
+def torch_threads(threads: int | None = None, respect_env: bool = False) -> Iterator[int]:
+    """Set torch's process-wide thread count for a block and give the old one back after.
+
+    ``threads`` None: ``auto_threads`` of the load average (1 on an oversubscribed machine);
+    ``respect_env`` leaves the count alone when ``OMP_NUM_THREADS`` is set. Yields the count used.
+    """
+    import os
+
+    import torch
+
+    old = torch.get_num_threads()
+    if threads is None:
+        threads = old if respect_env and "OMP_NUM_THREADS" in os.environ else auto_threads(os.getloadavg()[0], old)
+    torch.set_num_threads(int(threads))
+    try:
+        yield int(threads)
+    finally:
+        torch.set_num_threads(old)
+
+
 def budget_seconds(text: str | int | float) -> float:
     """Seconds in a budget such as ``90s``, ``30m``, ``1.5h`` (a bare number is seconds)."""
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smh]?)\s*", str(text))

@@ -18,7 +18,6 @@ computed from the cache (see ``eval_report``) into report.json / report.md / rep
 from __future__ import annotations
 
 import argparse
-import contextlib
 import hashlib
 import json
 import os
@@ -26,10 +25,10 @@ import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 from catalogtune.core import config
-from catalogtune.core.util import CatalogtuneError, atomic_write_json
+from catalogtune.core.util import CatalogtuneError, atomic_write_json, torch_threads
 from catalogtune.evaluate import compare, probes
 from catalogtune.evaluate import report as eval_report
 from catalogtune.core.decoding import DECODING
@@ -243,7 +242,9 @@ def check_inputs(cfg: EvalConfig) -> None:
             raise CatalogtuneError(f"run folder not found: {run}")
         if not (run / "adapter").is_dir():
             raise CatalogtuneError(f"run {run} has no adapter/ (train it first, or use --model NAME for the base model)")
-    if cfg.index is not None and not Path(cfg.index).exists():
+    from catalogtune.rag.index import is_address
+
+    if cfg.index is not None and not is_address(cfg.index) and not Path(cfg.index).exists():
         raise CatalogtuneError(f"RAG index not found: {cfg.index}")
 
 
@@ -460,24 +461,8 @@ def run(cfg: EvalConfig, log: Callable[[str], None] = _log) -> EvalResult:
     from catalogtune.core.locks import folder_lock
 
     # Two evaluations in one folder would interleave their caches and overwrite each other's reports.
-    with folder_lock(out / ".lock", f"the evaluation in {out}", target=out), _threads():
+    with folder_lock(out / ".lock", f"the evaluation in {out}", target=out), torch_threads(respect_env=True):
         return _run_locked(cfg, log, t0, out, index, splits, test_source)
-
-
-@contextlib.contextmanager
-def _threads() -> Iterator[None]:
-    """torch threads for the evaluation: 1 on an oversubscribed machine (as train), given back after."""
-    import torch
-
-    from catalogtune.core.util import auto_threads
-
-    old = torch.get_num_threads()
-    if "OMP_NUM_THREADS" not in os.environ:
-        torch.set_num_threads(auto_threads(os.getloadavg()[0], old))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
 
 
 def _run_locked(cfg: EvalConfig, log: Callable[[str], None], t0: float, out: Path, index: Any,
