@@ -252,7 +252,7 @@ def _cache_rows(eval_dir: Path, system: str, records: list[dict]) -> dict[str, d
     for f in files:
         done = stage.read_cache(f)
         if all(rec["id"] in done and done[rec["id"]].get("output") == rec["outputs"].get(system)
-               and done[rec["id"]].get("key") == stage._item_key({"title": rec["title"], "content": rec["reference"]})
+               and done[rec["id"]].get("key") == stage.item_key({"title": rec["title"], "content": rec["reference"]})
                for rec in records):
             return done
     return {}
@@ -273,7 +273,7 @@ def record_rows(r: dict, system: str, scorers: dict) -> list[dict]:
 
 def _scorers(cfg: CompareConfig, records: list[dict]) -> dict:
     """The stage's embedders and the claim support (the same retrieved records as the stage's)."""
-    embed, token_embed = stage._embedders(cfg.embedder)
+    embed, token_embed = stage.embedders(cfg.embedder)
     support: dict[str, list[str]] = {}
     if cfg.index is not None:
         from catalogtune.rag.index import Index

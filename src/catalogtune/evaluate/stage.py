@@ -179,7 +179,7 @@ def _adapter_hash(run: Path) -> str:
     return h.hexdigest()[:16]
 
 
-def _item_key(item: dict) -> str:
+def item_key(item: dict) -> str:
     return _sha([item["title"], item["content"]])
 
 
@@ -304,7 +304,7 @@ def _plan(cfg: EvalConfig, ctx: dict, splits: dict[str, list[dict]], systems: li
     for split, items in splits.items():
         for s in models:
             done = read_cache(_cache_path(cfg, ctx["gen"], ctx["model_id"], ctx["adapter"], split, s))
-            hit = sum(1 for it in items if done.get(it["id"], {}).get("key") == _item_key(it))
+            hit = sum(1 for it in items if done.get(it["id"], {}).get("key") == item_key(it))
             todo, cached = todo + len(items) - hit, cached + hit
     return Plan(todo, cached, len(models), cfg.max_new_tokens, log)
 
@@ -324,7 +324,7 @@ def run_system(
     def fresh(it: dict) -> bool:
         rec = done.get(it["id"])
         ctx_ids = [r["id"] for r in contexts[it["id"]]] if contexts is not None else None
-        return rec is not None and rec.get("key") == _item_key(it) and rec.get("context_ids") == ctx_ids
+        return rec is not None and rec.get("key") == item_key(it) and rec.get("context_ids") == ctx_ids
 
     todo = [it for it in items if not fresh(it)]
     for start in range(0, len(todo), cfg.batch_size):
@@ -342,7 +342,7 @@ def run_system(
         recs = []
         for it, c, g, (nll, ntok) in zip(batch, ctx, gens, scores):
             stopped = g.stopped_at_eos if hasattr(g, "stopped_at_eos") else g.stopped == "eos"
-            recs.append({"id": it["id"], "key": _item_key(it), "context_ids": [r["id"] for r in c] if c is not None else None,
+            recs.append({"id": it["id"], "key": item_key(it), "context_ids": [r["id"] for r in c] if c is not None else None,
                          "output": g.text, "new_tokens": int(g.new_tokens), "seconds": float(g.seconds),
                          "stopped": bool(stopped), "nll_sum": None if nll is None else float(nll),
                          "n_tokens": None if ntok is None else int(ntok)})
@@ -363,7 +363,7 @@ def run_system(
     return rows, len(todo)
 
 
-def _embedders(name: str) -> tuple[Callable, Any]:
+def embedders(name: str) -> tuple[Callable, Any]:
     """(sentence embed function, token embed function) for cosine and BERTScore."""
     from catalogtune.evaluate import metrics
     from catalogtune.rag.embed import get_embedder
@@ -387,7 +387,7 @@ def baseline_rows(system: str, items: list[dict], nearest: dict[str, list[dict]]
         else:
             recs = (nearest or {}).get(it["id"], [])
             output, ctx = (recs[0]["content"], [recs[0]["id"]]) if recs else ("", [])
-        rows.append({"id": it["id"], "key": _item_key(it), "context_ids": ctx, "output": output, "new_tokens": None,
+        rows.append({"id": it["id"], "key": item_key(it), "context_ids": ctx, "output": output, "new_tokens": None,
                      "seconds": 0.0, "stopped": None, "nll_sum": None, "n_tokens": None, "title": it["title"],
                      "reference": it["content"], "bucket": eval_report.title_bucket(it["title"]),
                      "category": eval_report.infer_category(it["title"], it["content"])})
@@ -469,7 +469,7 @@ def _run_locked(cfg: EvalConfig, log: Callable[[str], None], t0: float, out: Pat
                 splits: dict[str, list[dict]], test_source: str) -> EvalResult:
     gen, model_id, adapter = _open_generator(cfg)
     systems, skipped = _select_systems(cfg, adapter, index)
-    embed, token_embed = _embedders(cfg.embedder)
+    embed, token_embed = embedders(cfg.embedder)
     ctx = {"gen": gen, "model_id": model_id, "adapter": adapter, "index": index, "embed": embed,
            "token_embed": token_embed}
     ctx["plan"] = plan = _plan(cfg, ctx, splits, systems, log)
