@@ -51,7 +51,7 @@ def _loaders() -> dict[str, Any]:
         def index(index_dir: str, stamp: float) -> Any:
             from catalogtune.rag.index import Index
 
-            return Index.open(Path(index_dir))
+            return Index.open(index_dir)  # a folder, or a Chroma server's http://HOST:PORT
 
         _LOADERS.update(generator=generator, index=index)
     return _LOADERS
@@ -62,9 +62,13 @@ def _generator(run_dir: Path, tok: str | None) -> Any:
     return _loaders()["generator"](str(run_dir), _stamp(run_dir), tok)
 
 
-def _index(index_dir: Path) -> Any:
-    """One opened Index per index folder."""
-    return _loaders()["index"](str(index_dir), _stamp(index_dir))
+def _index(index_dir: Path | str) -> Any:
+    """One opened Index per index folder or server address."""
+    from catalogtune.rag.index import is_address, parse_address
+
+    if is_address(index_dir):
+        return _loaders()["index"](parse_address(index_dir)[0], 0.0)
+    return _loaders()["index"](str(index_dir), _stamp(Path(index_dir)))
 
 
 def _run_dir(ws: jobs.Workspace, run_text: str) -> Path:
@@ -87,16 +91,21 @@ def compare(ws: jobs.Workspace, title: str, run_text: str, use_rag: bool, k: int
     """Run one comparison: references (if an index exists), then the two outputs.
 
     ``versus`` is :data:`BASE` (the run's base model with its adapter switched off) or another run
-    folder; ``index_text`` an index folder (None: the workspace's ``index/`` if there is one).
+    folder; ``index_text`` an index folder or a Chroma server's ``http://HOST:PORT`` (None: the
+    workspace's ``index/`` if there is one).
     """
     title = common.check_text(title)
     run_dir = _run_dir(ws, run_text)
     other = None if versus == BASE else _run_dir(ws, versus)
     if other == run_dir:
         raise CatalogtuneError("choose two different runs, or the base model on the left")
-    index_dir = ws.index if index_text is None else ws.resolve(index_text, must_exist=True, what="index")
+    from catalogtune.rag.index import is_address
+
+    served = index_text is not None and is_address(index_text.strip())
+    index_dir = (ws.index if index_text is None else
+                 index_text.strip() if served else ws.resolve(index_text, must_exist=True, what="index"))
     refs: list[dict[str, Any]] = []
-    if index_dir.is_dir():
+    if served or index_dir.is_dir():
         refs = _index(index_dir).query([title], k=k)[0]
     elif use_rag:
         raise CatalogtuneError(f"no index in {ws.rel(index_dir)}/: run `catalogtune index`, or untick RAG")
@@ -186,7 +195,9 @@ def _choices(ws: jobs.Workspace, runs: list[str]) -> tuple[str, str, str]:
     indexes = ws.indexes()
     index = c1.selectbox("Index (references)", indexes or [NO_INDEX], key="cmp_index",
                          format_func=lambda r: r or "(no index in the workspace)")
-    return (typed.strip() or run), versus, index
+    served = c1.text_input("Or a Chroma server (overrides the list)", key="cmp_index_url",
+                           placeholder="http://127.0.0.1:8001")
+    return (typed.strip() or run), versus, (served.strip() or index)
 
 
 def render() -> None:

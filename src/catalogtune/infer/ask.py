@@ -36,7 +36,8 @@ class AskConfig:
     model: str | None = None
     """Base model name or path (overrides the run's base; alone, it runs the base model)."""
     index: Path | None = None
-    """RAG index folder: its top-k records are shown as references."""
+    """RAG index folder, or a Chroma server's http://HOST:PORT[/COLLECTION] (`chroma run --path
+    INDEX_DIR`): its top-k records are shown as references."""
     base: bool = False
     """Answer with the base model (the adapter switched off)."""
     rag: bool = False
@@ -115,11 +116,12 @@ def _reference(rec: dict) -> dict[str, Any]:
     return {"id": str(rec.get("id", "")), "title": str(rec.get("title", "")), "score": float(rec.get("score", 0.0))}
 
 
-def open_index(index_dir: Path) -> Any:
-    """Open a RAG index, with a one-line error naming a missing folder."""
-    if not Path(index_dir).exists():
+def open_index(index_dir: Path | str) -> Any:
+    """Open a RAG index (a folder or a Chroma server address), with a one-line error naming a missing one."""
+    from catalogtune.rag.index import Index, is_address
+
+    if not is_address(index_dir) and not Path(index_dir).exists():
         raise CatalogtuneError(f"RAG index not found: {index_dir}")
-    from catalogtune.rag.index import Index
 
     return Index.open(index_dir)
 

@@ -206,6 +206,10 @@ def settings_of(cfg: DescribeConfig, base: str) -> dict[str, Any]:
     """What the outputs depend on: a re-run must match these to resume (limit and workers do not count)."""
     data = cfg.data.resolve()
     run = Path(cfg.run).resolve() if cfg.run is not None else None
+    from catalogtune.rag.index import is_address, parse_address
+
+    index = None if cfg.index is None else (
+        parse_address(cfg.index)[0] if is_address(cfg.index) else str(Path(cfg.index).resolve()))
     adapter = hashlib.sha256()
     if run is not None and not (run / "adapter" / "adapter_config.json").is_file():
         raise CatalogtuneError(f"run {run} has no adapter ({run}/adapter/adapter_config.json missing; train it first)")
@@ -215,7 +219,7 @@ def settings_of(cfg: DescribeConfig, base: str) -> dict[str, Any]:
     return {
         "format": FORMAT, "data": str(data), "data_bytes": data.stat().st_size, "model": str(base),
         "run": str(run) if run else None, "adapter_sha256": adapter.hexdigest() if run else None,
-        "index": str(Path(cfg.index).resolve()) if cfg.index is not None else None, "k": cfg.k,
+        "index": index, "k": cfg.k,
         "rag": cfg.rag, "only_missing": cfg.only_missing, "chunk": cfg.chunk, "backend": cfg.backend,
         "decoding": DECODING.kwargs(max_new_tokens=cfg.max_new_tokens),
     }

@@ -7,6 +7,12 @@ records the embedder, the data fingerprint and the HNSW settings; an index built
 or with another embedder is refused, never mixed. ``Index.open(INDEX_DIR).query(titles, k)``
 returns the nearest records with their cosine similarity.
 
+A folder index can also be served by a Chroma server (``chroma run --path INDEX_DIR --host
+127.0.0.1 --port 8001``) and opened by address: ``Index.open("http://127.0.0.1:8001")`` (or
+``http://HOST:PORT/COLLECTION``; the default collection is "catalog"). With no folder to read,
+the manifest comes from the collection's metadata, where every build stores a copy of
+index.json. Builds write folders only (their lock and resume logic are folder-based).
+
 The split is streamed twice in Parquet batches (once to validate and fingerprint it, once to
 embed and store it), so memory holds one chunk of records, the set of ids and Chroma's HNSW
 graph, never the split itself. Before the build commits, one stderr line ("index plan: ...")
@@ -18,6 +24,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import hashlib
+import json
 import re
 import sys
 import time
@@ -59,6 +66,14 @@ HNSW_OVERHEAD_BYTES = 1100
 plan's peak-memory figure adds ``dim * 4`` bytes and this for every record (fitted to a measured
 peak RSS of 790 MB for 200k records of dim 384 with the hash embedder)."""
 
+META_MANIFEST = "catalogtune_manifest"
+"""Collection metadata key holding the manifest as JSON (what a server route reads)."""
+SERVER_TIMEOUT_S = 5.0
+"""Seconds to wait for a Chroma server to answer its heartbeat (a dead address fails fast)."""
+SERVER_QUERY_TIMEOUT_S = 120.0
+"""Seconds one request to a Chroma server may take once connected."""
+DEFAULT_COLLECTION = "catalog"
+
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 # Tokenizers turn these strings into real special tokens, so a stored "<|im_end|>" could close
 # the chat turn of a RAG prompt; stored text keeps the word but loses the token syntax.
@@ -80,7 +95,7 @@ class IndexConfig:
     batch_size: int | None = None
     """Texts per embedding forward pass (None = the embedder's fastest: 4 for minilm-onnx,
     128 for minilm)."""
-    collection: str = "catalog"
+    collection: str = DEFAULT_COLLECTION
     """ChromaDB collection name."""
     chunk: int = 2048
     """Records embedded and upserted per step (a kill loses at most one step)."""
@@ -249,6 +264,98 @@ def client(path: Path) -> Any:
     return chromadb.PersistentClient(path=str(path), settings=Settings(anonymized_telemetry=False))
 
 
+_ADDRESS = re.compile(r"(https?):/{1,2}([A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(?::(\d{1,5}))?(?:/([^/?#]*))?/?")
+
+
+def is_address(index: Any) -> bool:
+    """True if ``index`` names a Chroma server (``http://HOST:PORT[/COLLECTION]``), not a folder.
+
+    Accepts the ``http:/HOST:PORT`` form that ``Path("http://HOST:PORT")`` collapses to, so an
+    address that went through a ``Path`` option still counts.
+    """
+    return index is not None and re.match(r"https?:/", str(index)) is not None
+
+
+def parse_address(index: Any) -> tuple[str, str, int, bool, str]:
+    """``(address, host, port, ssl, collection)`` of a server address; one-line error if malformed.
+
+    ``address`` is the normalised ``http://HOST:PORT/COLLECTION``; the port defaults to 8000
+    (Chroma's) for http and 443 for https, the collection to "catalog".
+    """
+    m = _ADDRESS.fullmatch(str(index).strip())
+    if m is None or (m.group(3) is not None and not 0 < int(m.group(3)) < 65536):
+        shown = re.sub(r"^(https?):/(?!/)", r"\1://", str(index))
+        raise CatalogtuneError(f"bad Chroma server address {shown!r} (expected http://HOST:PORT or "
+                               f"http://HOST:PORT/COLLECTION)")
+    scheme, host, port, name = m.group(1), m.group(2), m.group(3), m.group(4) or DEFAULT_COLLECTION
+    ssl = scheme == "https"
+    port_n = int(port) if port else (443 if ssl else 8000)
+    return f"{scheme}://{host}:{port_n}/{name}", host.strip("[]"), port_n, ssl, name
+
+
+def http_client(index: Any) -> tuple[Any, str, str]:
+    """``(client, address, collection)`` for a Chroma server; one-line error naming the address.
+
+    The heartbeat is probed first with a short timeout, so a dead, refusing or silent address
+    fails in seconds instead of hanging (Chroma's own HTTP client waits forever).
+    """
+    import urllib.error
+    import urllib.request
+
+    address, host, port, ssl, name = parse_address(index)
+    base = address.rsplit("/", 1)[0]
+    try:
+        with urllib.request.urlopen(f"{base}/api/v2/heartbeat", timeout=SERVER_TIMEOUT_S) as resp:
+            ok = "heartbeat" in resp.read(4096).decode("utf-8", "replace")
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        why = getattr(exc, "reason", None) or exc
+        raise CatalogtuneError(f"Chroma server {base} does not answer ({str(why).splitlines()[0][:200] or type(exc).__name__}); "
+                               f"start it: chroma run --path INDEX_DIR --host {host} --port {port}") from None
+    if not ok:
+        raise CatalogtuneError(f"{base} answers, but not as a Chroma server (no heartbeat)")
+    chromadb = require("chromadb", extra="rag")
+    from chromadb.config import Settings
+
+    try:
+        cl = chromadb.HttpClient(host=host, port=port, ssl=ssl, settings=Settings(anonymized_telemetry=False))
+    except Exception as exc:  # noqa: BLE001 - chroma raises ValueError or its own errors
+        raise CatalogtuneError(f"Chroma server {base}: cannot connect ({str(exc).splitlines()[0][:200]})") from None
+    session = getattr(getattr(cl, "_server", None), "_session", None)
+    if session is not None:  # bound every later request too (private attribute: best effort)
+        with contextlib.suppress(Exception):
+            import httpx
+
+            session.timeout = httpx.Timeout(SERVER_QUERY_TIMEOUT_S, connect=SERVER_TIMEOUT_S)
+    return cl, address, name
+
+
+def collection_metadata(man: dict) -> dict:
+    """The collection metadata that carries ``man`` (Chroma metadata values are flat scalars)."""
+    return {"catalogtune": f"rag-index-v{FORMAT}", META_MANIFEST: json.dumps(man, sort_keys=True)}
+
+
+def _write_metadata(col: Any, man: dict) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        col.modify(metadata=collection_metadata(man))
+
+
+def manifest_of(col: Any, where: str) -> dict:
+    """The manifest stored in a collection's metadata; one-line error if it has none."""
+    raw = (getattr(col, "metadata", None) or {}).get(META_MANIFEST)
+    if not isinstance(raw, str):
+        raise CatalogtuneError(f"RAG index {where}: the collection has no catalogtune manifest in its metadata "
+                               f"(built before server support: re-run catalogtune index on the folder, which "
+                               f"adds it without re-embedding, then restart the server)")
+    try:
+        man = json.loads(raw)
+    except ValueError:
+        man = None
+    if not isinstance(man, dict):
+        raise CatalogtuneError(f"RAG index {where}: the manifest in the collection metadata is not a JSON object")
+    return man
+
+
 def hnsw_settings(m: int, ef_construction: int, ef_search: int) -> dict:
     """The Chroma collection configuration for a cosine HNSW index."""
     return {"hnsw": {"space": "cosine", "max_neighbors": m, "ef_construction": ef_construction,
@@ -310,6 +417,10 @@ def _progress(total: int, initial: int, enabled: bool) -> Any:
 def run(cfg: IndexConfig) -> IndexResult:
     """Build or extend the index of ``cfg.data``'s training split in ``cfg.out``."""
     t0 = time.perf_counter()
+    if is_address(cfg.out):
+        shown = re.sub(r"^(https?):/(?!/)", r"\1://", str(cfg.out))  # Path("http://h:p") -> "http:/h:p"
+        raise CatalogtuneError(f"catalogtune index builds a folder, not into a server ({shown}): build with "
+                               f"--out INDEX_DIR, then serve it: chroma run --path INDEX_DIR --host 127.0.0.1 --port 8001")
     found = scan(cfg.data, cfg.limit)
     if not found.records:
         raise CatalogtuneError(f"no usable records in the training split of {cfg.data}")
@@ -349,14 +460,16 @@ def run(cfg: IndexConfig) -> IndexResult:
             with warnings.catch_warnings():  # "legacy embedding function config": we embed ourselves
                 warnings.simplefilter("ignore", DeprecationWarning)
                 col.modify(configuration={"hnsw": {"ef_search": cfg.hnsw_ef_search}})
+        _write_metadata(col, building)  # a server reading it mid-build sees "building"
         batch = cfg.batch_size or emb.batch_size
         probed = plan(col, found, emb, batch)
         added, skipped = _fill(col, iter_valid(cfg.data, cfg.limit), found.records, emb, cfg,
                                cl.get_max_batch_size(), batch)
         added, skipped = added + probed, skipped - probed
         total = col.count()
-        atomic_write_json(out / MANIFEST, {**want, "status": "complete", "count": total,
-                                           "seconds_last_run": round(time.perf_counter() - t0, 3)})
+        done = {**want, "status": "complete", "count": total, "seconds_last_run": round(time.perf_counter() - t0, 3)}
+        _write_metadata(col, done)  # before index.json: a complete folder always has its server copy
+        atomic_write_json(out / MANIFEST, done)
     return IndexResult(added, skipped, total, time.perf_counter() - t0, found.invalid, out)
 
 
@@ -439,39 +552,56 @@ def plan_line(records: int, left: int, emb: Embedder, embed_s: float, store_s: f
 # --- querying -------------------------------------------------------------------------------
 
 
+def _check_opened(man: dict, where: str, embedder: Embedder | str | None, data: str | Path | None) -> Embedder:
+    """Check an opened index's manifest (finished, same data, same vector space); its embedder."""
+    if man.get("status") != "complete":
+        raise CatalogtuneError(f"RAG index {where} is unfinished (re-run catalogtune index to complete it)")
+    if data is not None:
+        fp = scan(Path(data), man.get("limit")).fingerprint
+        if fp != man.get("data_fingerprint"):
+            raise CatalogtuneError(f"RAG index {where} was built from other data than {data} "
+                                   f"({man.get('data')}); rebuild it with catalogtune index --rebuild")
+    if embedder is None or isinstance(embedder, str):
+        emb = get_embedder(embedder or str(man.get("embedder", "")))
+    else:
+        emb = embedder
+    if emb.space != space_of(man) or emb.dim != man.get("dim"):
+        raise CatalogtuneError(f"RAG index {where} was built with embedder {man.get('embedder')!r} "
+                               f"(dim {man.get('dim')}), not {emb.name!r} (dim {emb.dim})")
+    return emb
+
+
 class Index:
     """An opened index: ``query(texts, k)`` -> nearest training records with cosine scores."""
 
-    def __init__(self, path: Path, manifest: dict, collection: Any, embedder: Embedder) -> None:
+    def __init__(self, path: Path | str, manifest: dict, collection: Any, embedder: Embedder) -> None:
+        # ``path``: the index folder, or the normalised address of a server index (a str)
         self.path, self.manifest, self.collection, self.embedder = path, manifest, collection, embedder
 
     @classmethod
     def open(cls, index_dir: str | Path, embedder: Embedder | str | None = None,
              data: str | Path | None = None) -> "Index":
-        """Open ``index_dir``; one-line errors when missing, unfinished or built differently.
+        """Open ``index_dir`` (a folder, or ``http://HOST:PORT[/COLLECTION]`` of a Chroma server);
+        one-line errors when missing, unreachable, unfinished or built differently.
 
         With ``data`` (a prepared folder), its training split must be the one indexed; this
         reads and hashes the split, so callers pass it when they need the guarantee.
         """
+        if is_address(index_dir):
+            cl, address, name = http_client(index_dir)
+            try:
+                col = cl.get_collection(name, embedding_function=None)
+            except Exception as exc:  # noqa: BLE001 - chroma raises several types for a missing collection
+                raise CatalogtuneError(f"RAG index {address}: collection {name!r} cannot be opened "
+                                       f"({str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__})") from None
+            man = manifest_of(col, address)
+            return cls(address, man, col, _check_opened(man, address, embedder, data))
         path = Path(index_dir)
         if not (path / MANIFEST).is_file():
             what = "not found" if not path.exists() else f"has no {MANIFEST}"
             raise CatalogtuneError(f"RAG index {path} {what} (build it: catalogtune index --data DIR --out {path})")
         man = _read_manifest(path)
-        if man.get("status") != "complete":
-            raise CatalogtuneError(f"RAG index {path} is unfinished (re-run catalogtune index to complete it)")
-        if data is not None:
-            fp = scan(Path(data), man.get("limit")).fingerprint
-            if fp != man.get("data_fingerprint"):
-                raise CatalogtuneError(f"RAG index {path} was built from other data than {data} "
-                                       f"({man.get('data')}); rebuild it with catalogtune index --rebuild")
-        if embedder is None or isinstance(embedder, str):
-            emb = get_embedder(embedder or str(man.get("embedder", "")))
-        else:
-            emb = embedder
-        if emb.space != space_of(man) or emb.dim != man.get("dim"):
-            raise CatalogtuneError(f"RAG index {path} was built with embedder {man.get('embedder')!r} "
-                                   f"(dim {man.get('dim')}), not {emb.name!r} (dim {emb.dim})")
+        emb = _check_opened(man, str(path), embedder, data)
         try:
             col = client(path).get_collection(man["collection"], embedding_function=None)
         except Exception as exc:  # noqa: BLE001 - chroma raises several types for a missing collection
@@ -536,4 +666,4 @@ def main(argv: list[str]) -> int:
 
 __all__ = ["IndexConfig", "IndexResult", "Index", "run", "main", "get_embedder", "HashEmbedder",
            "MiniLMEmbedder", "Embedder", "read_train", "iter_train", "iter_valid", "scan", "embed_text",
-           "fingerprint", "plan_line"]
+           "fingerprint", "plan_line", "is_address", "parse_address", "http_client"]

@@ -69,9 +69,9 @@ def attach_contexts(
 
 def add_retrieval(cfg: Any, train_rows: list[dict], val_rows: list[dict]) -> dict[str, Any]:
     """Open ``cfg.rag_index`` and attach contexts to the training and validation rows; the counts."""
-    from catalogtune.rag.index import Index
+    from catalogtune.rag.index import Index, is_address
 
-    if not Path(cfg.rag_index).exists():
+    if not is_address(cfg.rag_index) and not Path(cfg.rag_index).exists():
         raise CatalogtuneError(f"rag_index not found: {cfg.rag_index} (build it: catalogtune index)")
     index = Index.open(cfg.rag_index)
     stats = {"train": attach_contexts(train_rows, index, cfg.rag_k, cfg.rag_share, cfg.rag_noise, cfg.seed),
