@@ -240,11 +240,13 @@ def eval_args(prepared: Path, out: Path, run_dir: Path) -> list[str]:
 
 
 def eval_report(out: Path) -> dict:
-    """report.json without what differs between runs: timings, and its own folder named <out>."""
+    """report.json without what differs between runs: timings, the plan (what this call had left to
+    generate, and its rates), and its own folder named <out>."""
     from catalogtune.core.util import read_json
 
     rep = read_json(out / "report.json")
     rep.pop("timing", None)
+    rep.pop("plan", None)
     return json.loads(json.dumps(rep, sort_keys=True).replace(str(out), "<out>"))
 
 
