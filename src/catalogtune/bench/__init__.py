@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
+import shutil
 import sys
+import tempfile
+from pathlib import Path
+from typing import Iterator
 
 BENCHES: dict[str, tuple[str, str]] = {
     "prepare": ("catalogtune.bench.prepare", "prepare on synthetic trn.json.gz vs a pandas baseline"),
@@ -20,6 +25,19 @@ BENCHES: dict[str, tuple[str, str]] = {
 def emit(result: dict) -> None:
     """Print one benchmark result as a single JSON line (the last line is the result)."""
     print(json.dumps(result, sort_keys=False), flush=True)
+
+
+@contextlib.contextmanager
+def workdir(path: Path | None, prefix: str) -> Iterator[Path]:
+    """``path`` (created, kept after), or a temporary folder named ``prefix``... removed after."""
+    tmp = None if path is not None else Path(tempfile.mkdtemp(prefix=prefix))
+    work = tmp or Path(path)  # type: ignore[arg-type]
+    work.mkdir(parents=True, exist_ok=True)
+    try:
+        yield work
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def main(argv: list[str]) -> int:

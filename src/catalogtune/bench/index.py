@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -197,22 +196,16 @@ def projection(embed: dict, store: dict, cores: int) -> dict:
 def run(cfg: IndexBenchConfig) -> dict:
     """Generate, embed a sample both ways, store everything both ways; the figures as a dict."""
     t0 = time.perf_counter()
-    tmp = None
-    work = cfg.workdir
-    if work is None:
-        tmp = work = Path(tempfile.mkdtemp(prefix="ct-bench-index-"))
-    else:
-        shutil.rmtree(work / "chroma", ignore_errors=True)
-    work.mkdir(parents=True, exist_ok=True)
-    try:
+    from catalogtune.bench import workdir
+
+    if cfg.workdir is not None:
+        shutil.rmtree(Path(cfg.workdir) / "chroma", ignore_errors=True)
+    with workdir(cfg.workdir, "ct-bench-index-") as work:
         recs, gen_s, _ = _timed(lambda: make_records(cfg.records, cfg.seed, work))
         embed = embedding_figures(cfg, recs)
         from catalogtune.rag.embed import get_embedder
 
         store = storing_figures(recs, get_embedder(cfg.embedder).dim, work, cfg.seed)
-    finally:
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
     return {
         "bench": "index", "raw_records": cfg.records, "records": len(recs), "generate_clean_s": round(gen_s, 1),
         "threads": {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"), "torch": _torch_threads(),

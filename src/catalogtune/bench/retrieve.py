@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import sys
-import tempfile
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -229,52 +227,50 @@ def _measure(cfg: RetrieveBenchConfig, col: Any, work: Path, x: np.ndarray, n: i
 def run(cfg: RetrieveBenchConfig) -> RetrieveBenchResult:
     """Build the collection up to each size, then time queries and exact search at that size."""
     t0 = time.perf_counter()
-    tmp = None
-    work = cfg.workdir
-    if work is None:
-        tmp = work = Path(tempfile.mkdtemp(prefix="ct-bench-retrieve-"))
-    work.mkdir(parents=True, exist_ok=True)
+    from catalogtune.bench import workdir
+
+    with workdir(cfg.workdir, "ct-bench-retrieve-") as work:
+        return _run_in(cfg, work, t0)
+
+
+def _run_in(cfg: RetrieveBenchConfig, work: Path, t0: float) -> RetrieveBenchResult:
     key = {"dim": cfg.dim, "clusters": cfg.clusters, "seed": cfg.seed, "m": cfg.hnsw_m,
            "ef_construction": cfg.hnsw_ef_construction, "latent": cfg.latent_dim}
     state_path = work / "bench_state.json"
     state = read_json(state_path) if state_path.is_file() else {}
-    try:
-        cl = client(work)
-        if state.get("key") != key:  # other vectors or settings: start this collection afresh
-            try:
-                cl.delete_collection("bench")
-            except Exception:  # noqa: BLE001 - nothing to delete yet
-                pass
-            state = {"key": key, "build_s": 0.0, "built": 0}
-        col = cl.get_or_create_collection(
-            "bench", configuration=hnsw_settings(cfg.hnsw_m, cfg.hnsw_ef_construction, cfg.ef_search[0]),
-            embedding_function=None)
-        if col.count() > cfg.sizes[-1]:
-            raise CatalogtuneError(f"{work} holds {col.count()} vectors, more than the largest size")
-        x = synthetic(cfg.sizes[-1], cfg.dim, cfg.clusters, cfg.seed, cfg.latent_dim)
-        results = []
-        for n in cfg.sizes:
-            done = state.get("results", {}).get(str(n))
-            if col.count() > n:
-                # The collection has grown past n (an earlier run went on): its figures for n
-                # are reused if they were saved; n cannot be measured again in it.
-                results.append(dict(done, reused=True) if done else {"n": n, "skipped": (
-                    f"collection already holds {col.count()} vectors; use another --workdir")})
-                continue
-            if col.count() < n:
-                _extend(col, x[:n], state_path, state, cfg.batch)
-            build_s = _build_s_at(state, n)
-            state.setdefault("at", {})[str(n)] = build_s
-            atomic_write_json(state_path, state)
-            col, figures = _measure(cfg, col, work, x, n, {"build_s": build_s})
-            state.setdefault("results", {})[str(n)] = figures
-            atomic_write_json(state_path, state)
-            results.append(figures)
-            print(f"n={n}: " + json.dumps({k: v for k, v in figures.items() if k != "sweep"}),
-                  file=sys.stderr, flush=True)
-    finally:
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
+    cl = client(work)
+    if state.get("key") != key:  # other vectors or settings: start this collection afresh
+        try:
+            cl.delete_collection("bench")
+        except Exception:  # noqa: BLE001 - nothing to delete yet
+            pass
+        state = {"key": key, "build_s": 0.0, "built": 0}
+    col = cl.get_or_create_collection(
+        "bench", configuration=hnsw_settings(cfg.hnsw_m, cfg.hnsw_ef_construction, cfg.ef_search[0]),
+        embedding_function=None)
+    if col.count() > cfg.sizes[-1]:
+        raise CatalogtuneError(f"{work} holds {col.count()} vectors, more than the largest size")
+    x = synthetic(cfg.sizes[-1], cfg.dim, cfg.clusters, cfg.seed, cfg.latent_dim)
+    results = []
+    for n in cfg.sizes:
+        done = state.get("results", {}).get(str(n))
+        if col.count() > n:
+            # The collection has grown past n (an earlier run went on): its figures for n
+            # are reused if they were saved; n cannot be measured again in it.
+            results.append(dict(done, reused=True) if done else {"n": n, "skipped": (
+                f"collection already holds {col.count()} vectors; use another --workdir")})
+            continue
+        if col.count() < n:
+            _extend(col, x[:n], state_path, state, cfg.batch)
+        build_s = _build_s_at(state, n)
+        state.setdefault("at", {})[str(n)] = build_s
+        atomic_write_json(state_path, state)
+        col, figures = _measure(cfg, col, work, x, n, {"build_s": build_s})
+        state.setdefault("results", {})[str(n)] = figures
+        atomic_write_json(state_path, state)
+        results.append(figures)
+        print(f"n={n}: " + json.dumps({k: v for k, v in figures.items() if k != "sweep"}),
+              file=sys.stderr, flush=True)
     largest = results[-1]
     figures = {
         "bench": "retrieve", "backend": f"chromadb {_chroma_version()} hnsw cosine",

@@ -351,7 +351,7 @@ def run_system(
         if plan is not None:
             plan.done += len(batch)
             if start == 0:
-                plan.first_batch(cache.name.split("__")[0] + " " + cache.name.split("__")[1], len(batch),
+                plan.first_batch(" ".join(cache.name.split("__")[:2]), len(batch),  # "SPLIT SYSTEM"
                                  time.perf_counter() - t_batch, len(todo))
         log(f"{cache.name}: {min(start + cfg.batch_size, len(todo))}/{len(todo)} generated")
     rows = []
