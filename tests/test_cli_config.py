@@ -41,6 +41,13 @@ def test_build_applies_preset_then_overrides(tmp_path):
     assert (cfg.steps, cfg.lr, cfg.targets, cfg.fast) == (5, 0.5, ["a", "b", "c"], True)
 
 
+def test_a_list_option_repeats_and_splits_on_commas():
+    # a repeated --targets once silently kept only its last value
+    assert config.parse(Demo, ["--targets", "a", "--targets", "b,c"], "demo").targets == ["a", "b", "c"]
+    assert config.parse(Demo, ["--targets", "x"], "demo").targets == ["x"]
+    assert config.parse(Demo, [], "demo").targets == ["q", "v"]
+
+
 def test_unknown_key_and_bad_value_are_one_line_errors(tmp_path):
     with pytest.raises(CatalogtuneError, match="unknown config key.*stepz"):
         config.build(Demo, stepz=3)

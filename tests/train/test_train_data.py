@@ -151,3 +151,26 @@ def test_loss_model_matches_hf_loss_on_a_gemma3_with_softcapping():
         got = tm.LossModel(model)(c["input_ids"], c["loss_rows"], c["loss_targets"]).item()
         ref = _hf_summed_loss(model, examples)
     assert got == pytest.approx(ref, rel=1e-4)
+
+
+def test_mask_unsupported_takes_no_loss_on_invented_names_and_numbers(tiny):
+    _, tok = tiny
+    rec = {"title": "garden diary by jane doe",
+           "content": "Written by Anna Smith in 1987. Jane Doe kept this garden diary.",
+           "context": [{"title": "other", "content": "notes by Anna Smith"}]}
+    plain, = tokenize([{**rec, "context": None}], tok, 128).examples
+    no_ctx, = tokenize([{**rec, "context": None}], tok, 128, mask_unsupported=True).examples
+    ctx, = tokenize([rec], tok, 128, mask_unsupported=True).examples
+    assert plain[:2] == no_ctx[:2] and len(plain) == 2  # same ids; only the loss differs
+    masked = tok.decode([no_ctx[0][p] for p in no_ctx[2]])
+    # without references the name and the year are unsupported; "Jane Doe" is in the title
+    assert "Anna" in masked and "Smith" in masked and "1987" in masked
+    assert "Jane" not in masked and "garden" not in masked
+    # a retrieved record that names Anna Smith supports her: only the year is left
+    assert "Anna" not in tok.decode([ctx[0][p] for p in ctx[2]]) and "1987" in tok.decode([ctx[0][p] for p in ctx[2]])
+    assert useful_tokens(no_ctx) == useful_tokens(plain) - len(no_ctx[2])
+    c = collate([no_ctx, plain], [0, 1], pad_id=0)
+    flat = c["input_ids"].reshape(-1)
+    assert flat[c["loss_rows"] + 1].tolist() == c["loss_targets"].tolist()
+    assert c["n_useful"] == useful_tokens(no_ctx) + useful_tokens(plain)
+    assert c["loss_targets"][useful_tokens(no_ctx) - 1].item() == no_ctx[0][-1]  # the end token keeps its loss

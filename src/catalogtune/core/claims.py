@@ -41,32 +41,63 @@ def _numbers_in(text: str) -> set[str]:
     return {_norm_number(m.group(1)) for m in _NUMBER.finditer(text)}
 
 
-def extract_claims(text: str) -> list[tuple[str, str]]:
-    """Checkable claims in ``text`` as (kind, value): numbers (with units), sizes, names.
+def claim_spans(text: str) -> list[tuple[str, str, int, int]]:
+    """Checkable claims in ``text`` as (kind, value, start, end): numbers (with units), sizes, names.
 
     Names are runs of capitalised words that do not start a sentence (a capitalised first word
-    is grammar, not a claim).
+    is grammar, not a claim); a name's span starts at its first kept word.
     """
     text = text or ""
-    claims: list[tuple[str, str]] = []
+    claims: list[tuple[str, str, int, int]] = []
     taken: list[tuple[int, int]] = []
     for m in _SIZE.finditer(text):
-        claims.append(("size", m.group(1)))
+        claims.append(("size", m.group(1), *m.span()))
         taken.append(m.span())
     for m in _NUMBER.finditer(text):
-        claims.append(("number", _norm_number(m.group(1))))
+        claims.append(("number", _norm_number(m.group(1)), *m.span()))
         taken.append(m.span())
     for m in _CAP_RUN.finditer(text):
         if any(a <= m.start() < b for a, b in taken):
             continue
         words = m.group(0).split()
+        skip = 0
         if _SENTENCE_END.search(text[: m.start()].rstrip(" ")) or text[: m.start()].strip() == "":
+            skip = len(words[0])
             words = words[1:]  # the sentence's first word is capitalised anyway
         words = [w.strip(".'’-") for w in words if w.strip(".'’-").lower() not in _STOP_CAPS]
         words = [w for w in words if w and w[0].isupper()]
         if words:
-            claims.append(("name", " ".join(words)))
+            start = m.start() + m.group(0).find(words[0], skip)
+            claims.append(("name", " ".join(words), start, m.end()))
     return claims
+
+
+def extract_claims(text: str) -> list[tuple[str, str]]:
+    """Checkable claims in ``text`` as (kind, value): see ``claim_spans``."""
+    return [(kind, value) for kind, value, _, _ in claim_spans(text)]
+
+
+class _Support:
+    """The title and retrieved texts a claim may be checked against (case ignored)."""
+
+    def __init__(self, title: str, refs_texts: Sequence[str] = ()) -> None:
+        support = " \n ".join([title or "", *[t or "" for t in refs_texts]])
+        self.low = support.lower()
+        self.words = set(_words(support))
+        self.numbers = _numbers_in(support)
+
+    def holds(self, kind: str, value: str) -> bool:
+        if kind == "number":
+            return value in self.numbers
+        if kind == "size":
+            return re.search(r"(?<![\w-])" + re.escape(value.lower()) + r"(?![\w-])", self.low) is not None
+        return all(w in self.words for w in _words(value))
+
+
+def unsupported_spans(text: str, title: str, refs_texts: Sequence[str] = ()) -> list[tuple[int, int]]:
+    """Character spans of the claims in ``text`` that neither ``title`` nor ``refs_texts`` holds."""
+    support = _Support(title, refs_texts)
+    return [(a, b) for kind, value, a, b in claim_spans(text) if not support.holds(kind, value)]
 
 
 def unsupported_claims(output: str, title: str, refs_texts: Sequence[str] = ()) -> tuple[int, int]:
@@ -76,18 +107,6 @@ def unsupported_claims(output: str, title: str, refs_texts: Sequence[str] = ()) 
     compared: 12" and 12 inch are the same claim); a size when the same size token appears; a
     name when each of its words appears as a word. Matching ignores case.
     """
-    support = " \n ".join([title or "", *[t or "" for t in refs_texts]])
-    low = support.lower()
-    support_words = set(_words(support))
-    numbers = _numbers_in(support)
-    n = bad = 0
-    for kind, value in extract_claims(output):
-        n += 1
-        if kind == "number":
-            ok = value in numbers
-        elif kind == "size":
-            ok = re.search(r"(?<![\w-])" + re.escape(value.lower()) + r"(?![\w-])", low) is not None
-        else:
-            ok = all(w in support_words for w in _words(value))
-        bad += not ok
-    return n, bad
+    support = _Support(title, refs_texts)
+    claims = extract_claims(output)
+    return len(claims), sum(not support.holds(kind, value) for kind, value in claims)

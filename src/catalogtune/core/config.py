@@ -154,6 +154,16 @@ def save(cfg: Any, path: str | Path) -> None:
         yaml.safe_dump(to_dict(cfg), fh, sort_keys=False)
 
 
+class _CommaList(argparse.Action):
+    """A list option that may be repeated and comma-separated: ``--x a --x b,c`` -> [a, b, c]."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        items = list(getattr(namespace, self.dest, None) or [])
+        items += [v.strip() for v in str(values).split(",") if v.strip()]
+        setattr(namespace, self.dest, items)
+
+
 def add_arguments(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = ()) -> None:
     """Add ``--field-name`` options for each field of ``cls`` (default None = not given)."""
     docs = field_docs(cls)
@@ -170,6 +180,9 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, .
         inner, _ = _base_type(hints[f.name])
         if inner is bool:
             parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_)
+        elif typing.get_origin(inner) in (list, tuple):
+            # repeatable and comma-separated: --drop-kinds a --drop-kinds b == --drop-kinds a,b
+            parser.add_argument(flag, dest=f.name, action=_CommaList, default=None, metavar="A[,B]", help=help_)
         else:
             parser.add_argument(flag, dest=f.name, default=None, metavar=f.name.upper(), help=help_)
 

@@ -2,7 +2,8 @@
 
 Every example is ``(ids, n_prompt)``: the prompt tokens followed by the description tokens
 (with the end token). Loss is taken only on the description: the hidden state at position
-``p`` predicts token ``p + 1`` for ``p`` in ``[n_prompt - 1, len - 2]``.
+``p`` predicts token ``p + 1`` for ``p`` in ``[n_prompt - 1, len - 2]``. An example may carry a
+third item, the positions of description tokens that carry no loss (``mask_unsupported``).
 
 Batches are *length-grouped* (examples of similar length share a batch) and right-padded.
 Right padding needs no attention mask under a causal model: a real token only attends to
@@ -22,8 +23,8 @@ from typing import Any, Sequence
 
 from catalogtune.core.util import CatalogtuneError
 
-Example = tuple[list[int], int]
-"""(token ids, number of prompt tokens)."""
+Example = tuple  # (ids: list[int], n_prompt: int) or (ids, n_prompt, no_loss: tuple[int, ...])
+"""(token ids, number of prompt tokens[, positions of description tokens that carry no loss])."""
 
 GROUP_BATCHES = 32
 """Length-sort inside windows of this many batches: little padding, still shuffled."""
@@ -77,11 +78,15 @@ class Tokenized:
     """For each example, the index of its record in the input."""
 
 
-def tokenize(records: Sequence[dict], tok: Any, max_length: int) -> Tokenized:
+def tokenize(records: Sequence[dict], tok: Any, max_length: int, mask_unsupported: bool = False) -> Tokenized:
     """Turn records into (ids, n_prompt); long descriptions are cut to ``max_length`` tokens.
 
     Records with an empty title or description, or a prompt that leaves no room for the
-    description, are skipped and counted (never a crash).
+    description, are skipped and counted (never a crash). With ``mask_unsupported`` each example
+    also lists the description tokens inside a claim its prompt does not hold (a name or
+    number in neither the title nor the record's references, ``core.claims``): they get no
+    loss, so the model is not taught to state facts it cannot know (token-level loss
+    truncation, as in Goyal and Durrett, 2021), while the text around them still trains it.
     """
     from catalogtune.core.prompt import build_prompt, completion_text
 
@@ -114,8 +119,12 @@ def tokenize(records: Sequence[dict], tok: Any, max_length: int) -> Tokenized:
     # Whole lists at once: fast tokenizers then work in parallel (Rust), not record by record.
     # The chat template already holds any BOS token, so add none here.
     all_p = tok(prompts, add_special_tokens=False)["input_ids"]
-    all_c = tok(completions, add_special_tokens=False)["input_ids"]
-    for src, p_ids, c_ids in zip(kept, all_p, all_c):
+    enc = tok(completions, add_special_tokens=False, return_offsets_mapping=mask_unsupported)
+    all_c = enc["input_ids"]
+    masks: list[tuple[int, ...]] = (
+        _unsupported_tokens(records, kept, completions, enc["offset_mapping"]) if mask_unsupported else [()] * len(kept)
+    )
+    for src, p_ids, c_ids, no_loss in zip(kept, all_p, all_c, masks):
         room = max_length - len(p_ids)
         if room < 2:
             skipped["prompt_too_long"] = skipped.get("prompt_too_long", 0) + 1
@@ -123,14 +132,38 @@ def tokenize(records: Sequence[dict], tok: Any, max_length: int) -> Tokenized:
         if len(c_ids) > room:
             truncated += 1
             c_ids = c_ids[:room]
-        examples.append((list(p_ids) + list(c_ids), len(p_ids)))
+        ids = list(p_ids) + list(c_ids)
+        if mask_unsupported:
+            examples.append((ids, len(p_ids), tuple(len(p_ids) + j for j in no_loss if j < len(c_ids))))
+        else:
+            examples.append((ids, len(p_ids)))
         sources.append(src)
     return Tokenized(examples, skipped, truncated, sources)
 
 
+def _unsupported_tokens(records: Sequence[dict], kept: Sequence[int], completions: Sequence[str],
+                        offsets: Sequence[Sequence[tuple[int, int]]]) -> list[tuple[int, ...]]:
+    """For each completion, the indices of its tokens that overlap an unsupported claim."""
+    from catalogtune.core.claims import unsupported_spans
+
+    out = []
+    for src, text, offs in zip(kept, completions, offsets):
+        rec = records[src]
+        refs = [str(c.get("content") or "") for c in rec.get("context") or ()]
+        spans = unsupported_spans(text, str(rec.get("title") or ""), refs)
+        # the last token (the end token, or the last piece of a cut text) always keeps its loss
+        out.append(tuple(j for j, (a, b) in enumerate(offs[:-1]) if b > a and any(a < e and s < b for s, e in spans)))
+    return out
+
+
+def no_loss(ex: Example) -> tuple[int, ...]:
+    """Positions of an example's description tokens that carry no loss."""
+    return ex[2] if len(ex) > 2 else ()
+
+
 def useful_tokens(ex: Example) -> int:
     """Tokens of an example that carry loss (the description, end token included)."""
-    return len(ex[0]) - ex[1]
+    return len(ex[0]) - ex[1] - len(no_loss(ex))
 
 
 def plan_epoch(examples: Sequence[Example], batch_size: int, seed: int, epoch: int) -> list[list[int]]:
@@ -204,19 +237,21 @@ def collate(examples: Sequence[Example], idxs: Sequence[int], pad_id: int) -> di
     import torch
 
     batch = [examples[i] for i in idxs]
-    width = max(len(ids) for ids, _ in batch)
+    width = max(len(ex[0]) for ex in batch)
     input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
     rows: list[int] = []
     targets: list[int] = []
-    for b, (ids, n_prompt) in enumerate(batch):
+    for b, ex in enumerate(batch):
+        ids, n_prompt, skip = ex[0], ex[1], set(no_loss(ex))
         input_ids[b, : len(ids)] = torch.tensor(ids, dtype=torch.long)
-        rows += range(b * width + n_prompt - 1, b * width + len(ids) - 1)
-        targets += ids[n_prompt:]
+        keep = [p for p in range(n_prompt, len(ids)) if p not in skip]
+        rows += [b * width + p - 1 for p in keep]
+        targets += [ids[p] for p in keep]
     return {
         "input_ids": input_ids,
         "loss_rows": torch.tensor(rows, dtype=torch.long),
         "loss_targets": torch.tensor(targets, dtype=torch.long),
-        "n_tokens": sum(len(ids) for ids, _ in batch),
+        "n_tokens": sum(len(ex[0]) for ex in batch),
         "n_useful": len(targets),
     }
 

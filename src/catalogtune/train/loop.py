@@ -23,7 +23,7 @@ import torch
 
 from catalogtune.core import config
 from catalogtune.train.checkpoints import LoopState, MetricsLog, TensorBoard, checkpoints, load_checkpoint, save_checkpoint
-from catalogtune.train.batches import Example, collate, eval_batches, make_schedule, tokenize
+from catalogtune.train.batches import Example, collate, eval_batches, make_schedule, no_loss, tokenize
 from catalogtune.train.cpu_kernels import keep_freed_memory, weights_updated
 from catalogtune.train.model import LossModel, bf16_supported, load_for_training, load_trainable, trainable_state
 from catalogtune.core.util import CatalogtuneError, atomic_dir, atomic_write_json, auto_threads, budget_seconds, peak_rss_mb
@@ -95,7 +95,7 @@ class Loop:
         torch.manual_seed(cfg.seed)  # LoRA initialisation
         self.model, self.tok = load_for_training(cfg, acc.device)
         self.fast = self._speed_ups()
-        train_tok = tokenize(train_rows, self.tok, cfg.max_length)
+        train_tok = tokenize(train_rows, self.tok, cfg.max_length, mask_unsupported=cfg.mask_unsupported)
         self.examples: list[Example] = train_tok.examples
         self.records = [train_rows[i] for i in train_tok.sources]  # the record of each example
         if not self.examples:
@@ -111,6 +111,13 @@ class Loop:
                      if cfg.rag_index is not None else ""), file=sys.stderr, flush=True)
         self.data_info = {"n_train": len(self.examples), "n_val": len(self.val),
                           "skipped": train_tok.skipped, "truncated": train_tok.truncated}
+        if cfg.mask_unsupported:
+            masked = sum(len(no_loss(ex)) for ex in self.examples)
+            total = sum(len(ex[0]) - ex[1] for ex in self.examples)
+            self.data_info["masked_tokens"] = masked
+            if self.main:
+                print(f"mask_unsupported: {masked} of {total} description tokens ({masked / max(total, 1):.1%}) "
+                      "are unsupported names or numbers and carry no loss", flush=True)
         self.sched = make_schedule(len(self.examples), cfg.batch_size, cfg.grad_accum, cfg.seed,
                                    acc.num_processes, acc.process_index)
         self.total = cfg.max_steps or max(1, math.ceil(cfg.epochs * self.sched.steps_per_epoch))

@@ -109,6 +109,8 @@ class TrainConfig:
     """Chance that each retrieved record is swapped for a random one, so the model learns to ignore irrelevant references."""
     ground_targets: bool = False
     """Train on the sentences of each description whose names and numbers its prompt holds (train.grounding); drop targets left under 40 characters."""
+    mask_unsupported: bool = False
+    """No loss on the training description tokens inside a name or number the prompt does not hold (train.batches); the text around them still trains. Validation loss stays on whole descriptions."""
     resume: bool = False
     """Continue from the last checkpoint in RUN_DIR."""
     overwrite: bool = False
