@@ -91,12 +91,7 @@ class GroundedNames:
 
         v = self.vocab
         if self.banned is None:
-            prompt = input_ids[:, :self.start]
-            allowed = torch.zeros((prompt.shape[0], v["n_keys"]), dtype=torch.bool, device=scores.device)
-            allowed.scatter_(1, v["key"].to(scores.device)[prompt.clamp(0, len(v["key"]) - 1)], True)
-            key = v["key"].to(scores.device)
-            claim = v["claim"].to(scores.device)
-            self.banned = claim.unsqueeze(0) & ~allowed.gather(1, key.unsqueeze(0).expand(prompt.shape[0], -1))
+            self.banned = grounding_banned(v, input_ids[:, :self.start])
         if input_ids.shape[-1] <= self.start:
             return scores
         last = input_ids[:, -1].clamp(0, len(v["ends"]) - 1)
@@ -105,6 +100,17 @@ class GroundedNames:
         banned = self.banned[:, :width] if self.banned.shape[1] >= width else torch.nn.functional.pad(
             self.banned, (0, width - self.banned.shape[1]))
         return scores - self.penalty * (banned & mid.unsqueeze(1)).to(scores.dtype)
+
+
+def grounding_banned(vocab: dict[str, Any], prompt: Any) -> Any:
+    """(rows, V) bool: the name and number starts whose word piece is not in each row's prompt ids."""
+    import torch
+
+    key = vocab["key"].to(prompt.device)
+    allowed = torch.zeros((prompt.shape[0], vocab["n_keys"]), dtype=torch.bool, device=prompt.device)
+    allowed.scatter_(1, key[prompt.clamp(0, len(key) - 1)], True)
+    claim = vocab["claim"].to(prompt.device)
+    return claim.unsqueeze(0) & ~allowed.gather(1, key.unsqueeze(0).expand(prompt.shape[0], -1))
 
 
 def grounding_vocab(tokenizer: Any) -> dict[str, Any]:

@@ -84,12 +84,15 @@ class Generator:
     """A loaded model + tokenizer that generates and scores catalogue descriptions."""
 
     def __init__(self, model: Any, tokenizer: Any, has_adapter: bool = False, bf16: bool | None = None,
-                 name: str = "", merge: bool = True) -> None:
+                 name: str = "", merge: bool = True, continuous: bool = True) -> None:
         """Wrap a loaded (model, tokenizer); ``bf16=None`` autocasts generation where the CPU is bf16-capable.
 
         ``merge``: fine-tuned outputs come from a copy with the adapter merged into the weights
-        (``merged()``), not from the adapter layers.
+        (``merged()``), not from the adapter layers. ``continuous``: greedy decoding with the
+        output-only rules uses continuous batching (``infer.batching``; same outputs).
         """
+        self.continuous = bool(continuous)
+        self._continuous_ok: bool | None = None
         self.model = model.eval()
         self.merge = bool(merge)
         self._merged: Any = None
@@ -243,6 +246,14 @@ class Generator:
         # Longest first: similar lengths share a batch (little padding) and peak memory shows early.
         order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
         results: list[Generation | None] = [None] * len(encoded)
+        if self.continuous and not do_sample and output_only and self._can_join_rows():
+            t0 = time.perf_counter()
+            rows = self._generate_continuous([encoded[i] for i in order], max_new_tokens, batch_size, use_adapter,
+                                             rules, ground_penalty)
+            share = (time.perf_counter() - t0) / len(order)
+            for i, (ids, stopped) in zip(order, rows):
+                results[i] = Generation(self._decode(ids), len(ids), share, stopped, ids, len(encoded[i]))
+            return results  # type: ignore[return-value]
         for b, start in enumerate(range(0, len(order), batch_size)):
             idx = order[start : start + batch_size]
             t0 = time.perf_counter()
@@ -299,6 +310,34 @@ class Generator:
             cut = next((j for j, t in enumerate(ids) if t in stops), None)
             rows.append((ids, "length") if cut is None else (ids[:cut], "eos"))
         return rows
+
+    def _can_join_rows(self) -> bool:
+        if self._continuous_ok is None:
+            from catalogtune.infer import batching
+
+            self._continuous_ok = batching.supports(self.model)
+        return self._continuous_ok
+
+    def _generate_continuous(self, prompts: list[list[int]], max_new_tokens: int, batch_size: int,
+                             use_adapter: bool, rules: tuple[float, int], ground_penalty: float) -> list[tuple[list[int], str]]:
+        """Greedy decoding of ``prompts`` (in admission order) with continuous batching."""
+        import torch
+
+        from catalogtune.infer import batching
+
+        ground = vocab = None
+        if ground_penalty:
+            from catalogtune.core.decoding import grounding_banned
+
+            self._processors(1, (1.0, 0), ground_penalty)  # builds self._ground_vocab once
+            vocab = self._ground_vocab
+            ground = lambda prompt: grounding_banned(vocab, prompt)  # noqa: E731
+        autocast = torch.autocast("cpu", dtype=torch.bfloat16) if self.bf16 and self.device.type == "cpu" \
+            else contextlib.nullcontext()
+        with torch.inference_mode(), self._adapter(use_adapter) as net, autocast:
+            return batching.generate(net, prompts, batch_size=batch_size, max_new_tokens=max_new_tokens,
+                                     pad_id=self.tok.pad_token_id, stop_ids=self.stop_ids, rules=rules, ground=ground,
+                                     ground_vocab=vocab, ground_penalty=ground_penalty, device=self.device)
 
     def _processors(self, width: int, rules: tuple[float, int], ground_penalty: float) -> Any:
         procs = output_rules(width, *rules)

@@ -1,0 +1,233 @@
+"""Continuous batching for greedy decoding: finished rows leave the batch, waiting prompts join it.
+
+``transformers``' ``generate`` decodes a batch until its longest row ends: on the evaluation
+prompts rows stop after ~50 of their 128 new tokens, so most decode steps of a static batch
+compute rows that are already done. Here a row leaves the batch (and the KV cache) the step it
+ends, and once a quarter of the slots is free the longest waiting prompts are prefilled together
+and joined to the running batch: their KV cache is left-padded (or the batch's is) to one
+length and the attention mask hides the padding, so each row attends to exactly its own tokens.
+
+The repetition rules are those of ``core.decoding`` over each row's generated tokens, kept
+incrementally (a seen-token mask for the penalty, an n-gram table for the no-repeat rule: the
+library's no-repeat processor rebuilds every row's n-grams at every step). Same outputs as the
+static path for greedy decoding (tests/infer/test_batching.py checks it token for token).
+Sampling, ``penalty_scope="all"`` and models whose cache is not a plain ``DynamicLayer`` per
+layer (gemma3's sliding-window layers) keep the static path.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+Row = tuple[list[int], str]
+"""(generated ids before the stop token, "eos" or "length")."""
+
+
+def supports(model: Any) -> bool:
+    """True when ``model``'s KV cache is one plain ``DynamicLayer`` per layer (rows can be joined)."""
+    from transformers.cache_utils import DynamicCache, DynamicLayer
+
+    try:
+        cache = DynamicCache(config=model.config)
+    except Exception:  # an unusual config: keep the static path
+        return False
+    return bool(cache.layers) and all(type(layer) is DynamicLayer for layer in cache.layers)
+
+
+class _Rules:
+    """The output-only repetition penalty, no-repeat n-gram rule and grounding penalty, per row."""
+
+    def __init__(self, vocab_size: int, repetition_penalty: float, ngram: int,
+                 ground: Callable[[Any], Any] | None, ground_vocab: dict | None, ground_penalty: float) -> None:
+        self.v, self.penalty, self.n = vocab_size, float(repetition_penalty), int(ngram)
+        self.ground, self.gv, self.gp = ground, ground_vocab, float(ground_penalty)
+        self.seen: Any = None  # (rows, V) bool: tokens a row has generated
+        self.banned: Any = None  # (rows, V) bool: name/number starts absent from a row's prompt
+        self.grams: list[dict[tuple[int, ...], set[int]]] = []
+        self.gen: list[list[int]] = []
+
+    def add(self, prompts: Any) -> None:
+        """Rows for a left-padded prompt tensor (rows, width) join, with nothing generated yet."""
+        import torch
+
+        rows = prompts.shape[0]
+        seen = torch.zeros((rows, self.v), dtype=torch.bool)
+        self.seen = seen if self.seen is None else torch.cat([self.seen, seen])
+        if self.ground is not None:
+            banned = self.ground(prompts)
+            self.banned = banned if self.banned is None else torch.cat([self.banned, banned])
+        self.grams += [{} for _ in range(rows)]
+        self.gen += [[] for _ in range(rows)]
+
+    def keep(self, idx: Sequence[int]) -> None:
+        """Only rows ``idx`` (in that order) stay."""
+        import torch
+
+        t = torch.tensor(list(idx), dtype=torch.long)
+        self.seen = self.seen[t]
+        if self.banned is not None:
+            self.banned = self.banned[t]
+        self.grams = [self.grams[i] for i in idx]
+        self.gen = [self.gen[i] for i in idx]
+
+    def apply(self, scores: Any, rows: slice | None = None) -> Any:
+        """Scores (rows, V) after the rules; ``rows`` selects the rule rows the scores belong to."""
+        import torch
+
+        rows = rows or slice(0, scores.shape[0])
+        width = scores.shape[-1]
+        if self.penalty != 1.0:
+            seen = self.seen[rows, :width]
+            if seen.any():
+                pen = torch.where(scores < 0, scores * self.penalty, scores / self.penalty)
+                scores = torch.where(seen, pen, scores)
+        gen = self.gen[rows]
+        if self.n:
+            for r, (g, grams) in enumerate(zip(gen, self.grams[rows])):
+                if len(g) >= self.n - 1:
+                    banned = grams.get(tuple(g[len(g) - self.n + 1:]))
+                    if banned:
+                        scores[r, list(banned)] = -float("inf")
+        if self.banned is not None:
+            started = torch.tensor([bool(g) for g in gen])
+            if started.any():
+                ends = self.gv["ends"]
+                last = torch.tensor([g[-1] if g else 0 for g in gen]).clamp(0, len(ends) - 1)
+                mid = ~ends[last] & started
+                banned = self.banned[rows]
+                banned = banned[:, :width] if banned.shape[1] >= width else torch.nn.functional.pad(
+                    banned, (0, width - banned.shape[1]))
+                scores = scores - self.gp * (banned & mid.unsqueeze(1)).to(scores.dtype)
+        return scores
+
+    def push(self, offset: int, tokens: Sequence[int]) -> None:
+        """Rows ``offset, offset + 1, ...`` generated ``tokens``."""
+        for r, t in enumerate(tokens):
+            g = self.gen[offset + r]
+            g.append(int(t))
+            if t < self.v:
+                self.seen[offset + r, t] = True
+            if self.n and len(g) >= self.n:
+                self.grams[offset + r].setdefault(tuple(g[-self.n:-1]), set()).add(g[-1])
+
+
+def _left_pad(t: Any, width: int, dim: int) -> Any:
+    import torch
+
+    extra = width - t.shape[dim]
+    if extra <= 0:
+        return t
+    shape = list(t.shape)
+    shape[dim] = extra
+    return torch.cat([torch.zeros(shape, dtype=t.dtype, device=t.device), t], dim=dim)
+
+
+def generate(net: Any, prompts: Sequence[list[int]], *, batch_size: int, max_new_tokens: int, pad_id: int,
+             stop_ids: Sequence[int], rules: tuple[float, int], ground: Callable[[Any], Any] | None = None,
+             ground_vocab: dict | None = None, ground_penalty: float = 0.0, device: Any = None,
+             join_at: int | None = None) -> list[Row]:
+    """Greedy continuous-batched decoding of ``prompts`` (token ids, in the order to admit them).
+
+    ``ground`` maps a left-padded prompt tensor to its rows' banned-token mask
+    (``core.decoding.grounding_banned``). ``join_at``: free slots that trigger a join of
+    waiting prompts (default a quarter of ``batch_size``). Returns one row per prompt, in order.
+    """
+    import torch
+    from transformers.cache_utils import DynamicCache
+
+    device = device or torch.device("cpu")
+    join_at = max(1, join_at or batch_size // 4)
+    stops = set(int(s) for s in stop_ids)
+    vocab = int(net.config.get_text_config(decoder=True).vocab_size)
+    rules_ = _Rules(vocab, rules[0], rules[1], ground, ground_vocab, ground_penalty)
+    results: list[Row | None] = [None] * len(prompts)
+    waiting = list(range(len(prompts)))
+    active: list[int] = []  # prompt index of each batch row
+    cache: Any = None
+    mask: Any = None  # (rows, T) 1 where the cache holds a real token
+    pending: Any = None  # (rows,) the token each row generated and has not fed yet
+
+    def finish(keep_rows: list[int]) -> None:
+        nonlocal cache, mask, pending, active
+        if not keep_rows:
+            cache = mask = pending = None
+            active = []
+            rules_.keep([])
+            return
+        t = torch.tensor(keep_rows, dtype=torch.long, device=device)
+        if cache is not None:
+            cache.batch_select_indices(t)
+        mask, pending = mask[t], pending[t]
+        active = [active[i] for i in keep_rows]
+        rules_.keep(keep_rows)
+        # columns no remaining row uses (the long prompts that left) are dropped
+        used = mask.any(0).nonzero()
+        lead = int(used[0]) if len(used) else mask.shape[1]
+        if lead:
+            mask = mask[:, lead:]
+            for layer in cache.layers:
+                layer.keys, layer.values = layer.keys[:, :, lead:], layer.values[:, :, lead:]
+
+    def choose(scores: Any, rows: slice) -> list[int]:
+        scores = rules_.apply(scores.float(), rows)
+        return scores.argmax(-1).tolist()
+
+    def settle(tokens: list[int], offset: int) -> list[int]:
+        """Record rows ``offset..``'s new tokens; the batch rows among them that go on."""
+        go_on = []
+        for r, t in enumerate(tokens):
+            b = offset + r
+            g = rules_.gen[b]
+            if t in stops:
+                results[active[b]] = (list(g), "eos")
+            elif len(g) + 1 >= max_new_tokens:
+                results[active[b]] = (g + [t], "length")
+            else:
+                go_on.append(b)
+        rules_.push(offset, tokens)
+        return go_on
+
+    while waiting or active:
+        if waiting and (not active or batch_size - len(active) >= min(join_at, len(waiting))):
+            take = waiting[: batch_size - len(active)]
+            waiting = waiting[len(take):]
+            width = max(len(prompts[i]) for i in take)
+            ids = torch.full((len(take), width), pad_id, dtype=torch.long)
+            m = torch.zeros((len(take), width), dtype=torch.long)
+            for r, i in enumerate(take):
+                ids[r, width - len(prompts[i]):] = torch.tensor(prompts[i])
+                m[r, width - len(prompts[i]):] = 1
+            pos = (m.cumsum(-1) - 1).masked_fill(m == 0, 0)
+            new_cache = DynamicCache(config=net.config)
+            out = net(input_ids=ids.to(device), attention_mask=m.to(device), position_ids=pos.to(device),
+                      past_key_values=new_cache, use_cache=True, logits_to_keep=1)
+            offset = len(active)
+            active = active + take
+            rules_.add(ids)
+            tokens = choose(out.logits[:, -1, :], slice(offset, offset + len(take)))
+            new_pending = torch.tensor(tokens, dtype=torch.long, device=device)
+            m = m.to(device)
+            if cache is None:
+                cache, mask, pending = new_cache, m, new_pending
+            else:
+                t_all = max(mask.shape[1], m.shape[1])
+                for old, new in zip(cache.layers, new_cache.layers):
+                    old.keys = torch.cat([_left_pad(old.keys, t_all, 2), _left_pad(new.keys, t_all, 2)])
+                    old.values = torch.cat([_left_pad(old.values, t_all, 2), _left_pad(new.values, t_all, 2)])
+                mask = torch.cat([_left_pad(mask, t_all, 1), _left_pad(m, t_all, 1)])
+                pending = torch.cat([pending, new_pending])
+            go_on = list(range(offset)) + settle(tokens, offset)
+            if len(go_on) < len(active):
+                finish(go_on)
+            continue
+        # one decode step for every active row
+        mask = torch.cat([mask, torch.ones((mask.shape[0], 1), dtype=mask.dtype, device=device)], 1)
+        pos = (mask.sum(1, keepdim=True) - 1)
+        out = net(input_ids=pending[:, None], attention_mask=mask, position_ids=pos,
+                  past_key_values=cache, use_cache=True, logits_to_keep=1)
+        tokens = choose(out.logits[:, -1, :], slice(0, len(active)))
+        go_on = settle(tokens, 0)
+        pending = torch.tensor(tokens, dtype=torch.long, device=device)
+        if len(go_on) < len(active):
+            finish(go_on)
+    return results  # type: ignore[return-value]

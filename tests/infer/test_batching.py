@@ -1,0 +1,101 @@
+"""Continuous batching gives the static path's greedy outputs token for token."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+
+from catalogtune.infer import batching
+from catalogtune.infer import generate as G
+from helpers import make_run
+
+TITLES = [
+    "Kids Dance Skirt Neon Green", "Pip's Puppies", "The Prophet: a small book of poems for the home, 1 2 3",
+    "Black steel kitchen set", "A", "Music album cd for kids ages 3 years and up with a long title of words",
+    "Stainless Steel Insulated Water Bottle 750ml", "Backup software licence, 5 devices", "Owl mug",
+]
+
+
+@pytest.fixture(scope="module")
+def gens(tmp_path_factory, tiny_model_dir) -> tuple[G.Generator, G.Generator]:
+    run = make_run(tmp_path_factory.mktemp("cb") / "run", tiny_model_dir)
+    return G.Generator.from_run(run, bf16=False), G.Generator.from_run(run, bf16=False, continuous=False)
+
+
+@pytest.fixture(scope="module")
+def prompts(gens) -> list[str]:
+    return [gens[0].prompt(t) for t in TITLES]
+
+
+@pytest.fixture()
+def early_stop(gens, prompts):
+    """Make a token the random model writes at different steps of different rows a stop token:
+    rows then end at different steps. Call with the decoding keywords of the test."""
+    saved = [g.stop_ids for g in gens]
+
+    def pick(**kw):
+        out = gens[1].generate(prompts, max_new_tokens=24, batch_size=3, **kw)
+        early = {t for g in out for t in g.token_ids[:3]}
+        stops = {g.token_ids[4 + (5 * r) % 18] for r, g in enumerate(out)} - early
+        for g, s in zip(gens, saved):
+            g.stop_ids = [*s, *sorted(stops)]
+        return stops
+
+    yield pick
+    for g, s in zip(gens, saved):
+        g.stop_ids = s
+
+
+@pytest.mark.parametrize("kw", [
+    {},  # the project decoding: repetition penalty 1.2, no repeated 3-grams, output only
+    {"repetition_penalty": 1.0, "no_repeat_ngram_size": 0},
+    {"use_adapter": False},
+    {"no_repeat_ngram_size": 2, "ground_penalty": 3.0},
+])
+def test_continuous_equals_static_greedy_token_for_token(gens, prompts, early_stop, kw):
+    cont, static = gens
+    kw = {"repetition_penalty": 1.2, "no_repeat_ngram_size": 3, **kw}
+    early_stop(**kw)
+    a = cont.generate(prompts, max_new_tokens=24, batch_size=3, **kw)
+    b = static.generate(prompts, max_new_tokens=24, batch_size=3, **kw)
+    assert [g.token_ids for g in a] == [g.token_ids for g in b]
+    assert [g.stopped for g in a] == [g.stopped for g in b]
+    if not kw["no_repeat_ngram_size"]:
+        return  # without rules the random model loops on one token: every row ends alike
+    # rows ended at different steps, so rows left and joined the batch mid-way
+    assert len({g.new_tokens for g in a}) > 1
+
+
+def test_finished_rows_stop_costing_compute(gens, prompts, early_stop):
+    """The output layer sees fewer rows: a static batch computes its finished rows to the end."""
+    cont, static = gens
+    early_stop()
+    rows = {}
+    for key, g in (("cont", cont), ("static", static)):
+        rows[key] = 0
+        with g._adapter(True) as net:
+            head = net.get_output_embeddings()
+
+        def count(_m, _inp, out, key=key):
+            rows[key] += out.shape[0]
+
+        h = head.register_forward_hook(count)
+        try:
+            out = g.generate(prompts, max_new_tokens=24, batch_size=3)
+        finally:
+            h.remove()
+    # at least one row per generated token, and never more than the static path
+    assert sum(o.new_tokens for o in out) <= rows["cont"] < rows["static"]
+
+
+def test_sampling_and_sliding_window_models_keep_the_static_path(gens, prompts):
+    from transformers import Gemma3TextConfig
+
+    cfg = Gemma3TextConfig(num_hidden_layers=2, hidden_size=32, intermediate_size=64, num_attention_heads=2,
+                           num_key_value_heads=1, head_dim=16, vocab_size=128, sliding_window=8)
+    assert not batching.supports(SimpleNamespace(config=cfg))
+    assert batching.supports(gens[0].model)
+    cont, static = gens
+    kw = dict(max_new_tokens=10, do_sample=True, seed=3, batch_size=4)
+    assert [g.token_ids for g in cont.generate(prompts, **kw)] == [g.token_ids for g in static.generate(prompts, **kw)]
