@@ -25,6 +25,10 @@ def test_bench_generate_json_line(tiny_model_dir, sample_path, capsys):
     assert 0 < res["new_tokens"] <= 4 * 6
     # fp32 greedy on both paths: the batched path reproduces the plain one-at-a-time outputs
     assert res["new_tokens"] == res["sequential_new_tokens"] and res["same_text_as_anchor"] == 4
+    # continuous batching (the default) against the static batches it replaced: the same tokens
+    assert res["continuous_batching"] is True and res["same_tokens_as_static"] == 4
+    assert res["speedup_over_static"] == pytest.approx(
+        res["batched_tokens_per_s"] / res["static_batch_tokens_per_s"], rel=0.02, abs=0.006)
     ratio = res["batched_tokens_per_s"] / res["sequential_tokens_per_s"]
     assert res["speedup"] == pytest.approx(ratio, rel=0.02, abs=0.006)  # speedup is rounded to 0.01
     assert res["generator_bs1_tokens_per_s"] > 0

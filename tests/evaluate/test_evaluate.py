@@ -133,6 +133,7 @@ def test_seen_products_never_retrieve_themselves(data_dir, index_dir):
 
 
 def test_killed_run_resumes_and_matches_an_uninterrupted_one(tmp_path, data_dir, monkeypatch):
+    monkeypatch.setattr(evaluate, "CHUNK_BATCHES", 1)  # one batch per generate call and cache append
     ref_gen = FakeGenerator()
     _patch(monkeypatch, ref_gen)
     full = evaluate.run(_cfg(tmp_path / "a", data_dir), log=lambda m: None).report
@@ -161,6 +162,17 @@ def test_killed_run_resumes_and_matches_an_uninterrupted_one(tmp_path, data_dir,
         want = want if key == "systems" else want["systems"]
         assert {s: {k: v for k, v in m.items() if k != "gen_seconds"} for s, m in got.items()} == \
                {s: {k: v for k, v in m.items() if k != "gen_seconds"} for s, m in want.items()}
+
+
+def test_generate_gets_chunks_of_several_batches(tmp_path, data_dir, monkeypatch):
+    """Continuous batching needs waiting prompts: each generate call gets CHUNK_BATCHES batches."""
+    gen = FakeGenerator()
+    calls: list[int] = []
+    inner = gen.generate
+    gen.generate = lambda prompts, *a, **kw: calls.append(len(prompts)) or inner(prompts, *a, **kw)
+    _patch(monkeypatch, gen)
+    evaluate.run(_cfg(tmp_path, data_dir, limit=12, seen_limit=0, systems=["base"]), log=lambda m: None)
+    assert calls[0] == 2 * evaluate.CHUNK_BATCHES and 0 < calls[1] <= calls[0] and len(calls) == 2
 
 
 def test_base_results_are_reused_once_the_adapter_exists(tmp_path, data_dir, monkeypatch, capsys):

@@ -62,6 +62,8 @@ class BenchGenerateConfig:
     """evaluate: the project's decoding and RAG-length prompts; plain: greedy on bare title prompts."""
     roofline: bool = True
     """Measure memory bandwidth and the matmul ceiling and print the roofline at the batch used."""
+    static: bool = True
+    """Also time the static-batch path (continuous batching off: transformers' generate per batch)."""
 
     def __post_init__(self) -> None:
         for name in ("prompts", "max_new_tokens", "batch_size"):
@@ -181,18 +183,27 @@ def _measure(gen: Any, prompts: list[str], cfg: BenchGenerateConfig) -> dict[str
     gen.generate(prompts[:2], max_new_tokens=4, batch_size=2, **kw)
     _plain_generate(gen, prompts[:1], 4, rules)
 
-    # Interleave the two paths batch by batch: on a shared machine the load drifts, and both paths
-    # should see the same drift. The batched path still gets whole batches of ``batch_size``.
+    # Interleave the paths chunk by chunk: on a shared machine the load drifts, and every path
+    # should see the same drift. A chunk holds 4 batches, so continuous batching has waiting
+    # prompts to put in the slots that finished rows free (as in evaluate, which hands it all).
     bs = int(cfg.batch_size)
     outs: list[Any] = []
     s_texts: list[str] = []
-    b_wall = b_cpu = s_wall = s_cpu = 0.0
-    s_tokens = 0
-    for start in range(0, len(prompts), bs):
-        chunk = prompts[start : start + bs]
+    b_wall = b_cpu = s_wall = s_cpu = st_wall = 0.0
+    s_tokens = st_tokens = st_same = 0
+    for start in range(0, len(prompts), 4 * bs):
+        chunk = prompts[start : start + 4 * bs]
         res, w, c = _timed(partial(gen.generate, chunk, max_new_tokens=mnt, batch_size=bs, **kw))
         outs += res
         b_wall, b_cpu = b_wall + w, b_cpu + c
+        if cfg.static:
+            continuous, gen.continuous = gen.continuous, False
+            try:
+                st, w, _ = _timed(partial(gen.generate, chunk, max_new_tokens=mnt, batch_size=bs, **kw))
+            finally:
+                gen.continuous = continuous
+            st_tokens, st_wall = st_tokens + sum(g.new_tokens for g in st), st_wall + w
+            st_same += sum(a.token_ids == b.token_ids for a, b in zip(res, st))
         (n, texts), w, c = _timed(partial(_plain_generate, gen, chunk, mnt, rules))
         s_tokens, s_wall, s_cpu = s_tokens + n, s_wall + w, s_cpu + c
         s_texts += texts
@@ -222,8 +233,13 @@ def _measure(gen: Any, prompts: list[str], cfg: BenchGenerateConfig) -> dict[str
         "sequential_wall_s": round(s_wall, 2),
         "speedup_cpu_time": round((b_tokens / b_cpu) / (s_tokens / s_cpu), 2) if s_tokens and b_tokens else None,
         "stopped_at_eos": sum(g.stopped == "eos" for g in outs),
+        "continuous_batching": bool(gen.continuous and gen._can_join_rows()),
         "same_text_as_anchor": sum(g.text == t for g, t in zip(outs, s_texts)),
     }
+    if cfg.static and st_wall:
+        figures.update(static_batch_tokens_per_s=round(st_tokens / st_wall, 2), static_batch_wall_s=round(st_wall, 2),
+                       speedup_over_static=round((b_tokens / b_wall) / (st_tokens / st_wall), 2) if st_tokens else None,
+                       same_tokens_as_static=st_same)
     if cfg.same_precision_anchor:
         one, o_wall, _ = _timed(lambda: gen.generate(prompts, max_new_tokens=mnt, batch_size=1, **kw))
         o_tokens = sum(g.new_tokens for g in one)

@@ -40,6 +40,9 @@ CACHE_VERSION = 1
 """Bumped when the cached record layout changes."""
 
 
+CHUNK_BATCHES = 4
+"""Batches of prompts handed to one ``generate`` call (and appended to the cache together)."""
+
 @dataclass
 class EvalConfig:
     """Options of `catalogtune evaluate`."""
@@ -327,9 +330,12 @@ def run_system(
         return rec is not None and rec.get("key") == item_key(it) and rec.get("context_ids") == ctx_ids
 
     todo = [it for it in items if not fresh(it)]
-    for start in range(0, len(todo), cfg.batch_size):
+    # a chunk of a few batches per generate call: continuous batching refills the slots that
+    # finished rows free with the chunk's waiting prompts; the cache is appended once per chunk
+    step = cfg.batch_size * CHUNK_BATCHES
+    for start in range(0, len(todo), step):
         t_batch = time.perf_counter()
-        batch = todo[start : start + cfg.batch_size]
+        batch = todo[start : start + step]
         ctx = [contexts[it["id"]] if contexts is not None else None for it in batch]
         prompts = [gen.prompt(it["title"], context=c) for it, c in zip(batch, ctx)]
         gens = gen.generate(prompts, max_new_tokens=cfg.max_new_tokens, do_sample=False,
@@ -353,7 +359,7 @@ def run_system(
             if start == 0:
                 plan.first_batch(" ".join(cache.name.split("__")[:2]), len(batch),  # "SPLIT SYSTEM"
                                  time.perf_counter() - t_batch, len(todo))
-        log(f"{cache.name}: {min(start + cfg.batch_size, len(todo))}/{len(todo)} generated")
+        log(f"{cache.name}: {min(start + step, len(todo))}/{len(todo)} generated")
     rows = []
     for it in items:
         rec = dict(done[it["id"]])
