@@ -87,19 +87,30 @@ class GroundedNames:
         self.banned = None  # (rows, V) bool: name/number starts absent from the row's prompt
 
     def __call__(self, input_ids: Any, scores: Any) -> Any:
-        import torch
-
         v = self.vocab
         if self.banned is None:
             self.banned = grounding_banned(v, input_ids[:, :self.start])
         if input_ids.shape[-1] <= self.start:
             return scores
-        last = input_ids[:, -1].clamp(0, len(v["ends"]) - 1)
-        mid = ~v["ends"].to(scores.device)[last]  # rows in the middle of a sentence
-        width = scores.shape[-1]
-        banned = self.banned[:, :width] if self.banned.shape[1] >= width else torch.nn.functional.pad(
-            self.banned, (0, width - self.banned.shape[1]))
-        return scores - self.penalty * (banned & mid.unsqueeze(1)).to(scores.dtype)
+        return grounding_penalty(scores, self.banned, input_ids[:, -1], v, self.penalty)
+
+
+def grounding_penalty(scores: Any, banned: Any, last: Any, vocab: dict[str, Any], penalty: float,
+                      started: Any = None) -> Any:
+    """``scores`` lowered by ``penalty`` on each row's ``banned`` tokens when its ``last`` token is mid-sentence.
+
+    ``started`` (bool per row, optional): rows that have generated nothing yet are left alone.
+    """
+    import torch
+
+    ends = vocab["ends"].to(scores.device)
+    mid = ~ends[last.clamp(0, len(ends) - 1)]  # rows in the middle of a sentence
+    if started is not None:
+        mid = mid & started
+    width = scores.shape[-1]
+    banned = banned[:, :width] if banned.shape[1] >= width else torch.nn.functional.pad(
+        banned, (0, width - banned.shape[1]))
+    return scores - penalty * (banned & mid.unsqueeze(1)).to(scores.dtype)
 
 
 def grounding_banned(vocab: dict[str, Any], prompt: Any) -> Any:

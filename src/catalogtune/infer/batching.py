@@ -17,7 +17,7 @@ layer (gemma3's sliding-window layers) keep the static path.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 Row = tuple[list[int], str]
 """(generated ids before the stop token, "eos" or "length")."""
@@ -38,9 +38,9 @@ class _Rules:
     """The output-only repetition penalty, no-repeat n-gram rule and grounding penalty, per row."""
 
     def __init__(self, vocab_size: int, repetition_penalty: float, ngram: int,
-                 ground: Callable[[Any], Any] | None, ground_vocab: dict | None, ground_penalty: float) -> None:
+                 ground_vocab: dict | None, ground_penalty: float) -> None:
         self.v, self.penalty, self.n = vocab_size, float(repetition_penalty), int(ngram)
-        self.ground, self.gv, self.gp = ground, ground_vocab, float(ground_penalty)
+        self.gv, self.gp = (ground_vocab, float(ground_penalty)) if ground_penalty else (None, 0.0)
         self.seen: Any = None  # (rows, V) bool: tokens a row has generated
         self.banned: Any = None  # (rows, V) bool: name/number starts absent from a row's prompt
         self.grams: list[dict[tuple[int, ...], set[int]]] = []
@@ -53,8 +53,10 @@ class _Rules:
         rows = prompts.shape[0]
         seen = torch.zeros((rows, self.v), dtype=torch.bool)
         self.seen = seen if self.seen is None else torch.cat([self.seen, seen])
-        if self.ground is not None:
-            banned = self.ground(prompts)
+        if self.gv is not None:
+            from catalogtune.core.decoding import grounding_banned
+
+            banned = grounding_banned(self.gv, prompts)
             self.banned = banned if self.banned is None else torch.cat([self.banned, banned])
         self.grams += [{} for _ in range(rows)]
         self.gen += [[] for _ in range(rows)]
@@ -91,13 +93,10 @@ class _Rules:
         if self.banned is not None:
             started = torch.tensor([bool(g) for g in gen])
             if started.any():
-                ends = self.gv["ends"]
-                last = torch.tensor([g[-1] if g else 0 for g in gen]).clamp(0, len(ends) - 1)
-                mid = ~ends[last] & started
-                banned = self.banned[rows]
-                banned = banned[:, :width] if banned.shape[1] >= width else torch.nn.functional.pad(
-                    banned, (0, width - banned.shape[1]))
-                scores = scores - self.gp * (banned & mid.unsqueeze(1)).to(scores.dtype)
+                from catalogtune.core.decoding import grounding_penalty
+
+                last = torch.tensor([g[-1] if g else 0 for g in gen])
+                scores = grounding_penalty(scores, self.banned[rows], last, self.gv, self.gp, started)
         return scores
 
     def push(self, offset: int, tokens: Sequence[int]) -> None:
@@ -123,13 +122,13 @@ def _left_pad(t: Any, width: int, dim: int) -> Any:
 
 
 def generate(net: Any, prompts: Sequence[list[int]], *, batch_size: int, max_new_tokens: int, pad_id: int,
-             stop_ids: Sequence[int], rules: tuple[float, int], ground: Callable[[Any], Any] | None = None,
-             ground_vocab: dict | None = None, ground_penalty: float = 0.0, device: Any = None,
+             stop_ids: Sequence[int], rules: tuple[float, int], ground_vocab: dict | None = None,
+             ground_penalty: float = 0.0, device: Any = None,
              join_at: int | None = None) -> list[Row]:
     """Greedy continuous-batched decoding of ``prompts`` (token ids, in the order to admit them).
 
-    ``ground`` maps a left-padded prompt tensor to its rows' banned-token mask
-    (``core.decoding.grounding_banned``). ``join_at``: free slots that trigger a join of
+    ``ground_vocab`` (``core.decoding.grounding_vocab``) with ``ground_penalty`` > 0 lowers name and
+    number starts each row's prompt lacks, as ``GroundedNames`` does. ``join_at``: free slots that trigger a join of
     waiting prompts (default a quarter of ``batch_size``). Returns one row per prompt, in order.
     """
     import torch
@@ -139,7 +138,7 @@ def generate(net: Any, prompts: Sequence[list[int]], *, batch_size: int, max_new
     join_at = max(1, join_at or batch_size // 4)
     stops = set(int(s) for s in stop_ids)
     vocab = int(net.config.get_text_config(decoder=True).vocab_size)
-    rules_ = _Rules(vocab, rules[0], rules[1], ground, ground_vocab, ground_penalty)
+    rules_ = _Rules(vocab, rules[0], rules[1], ground_vocab, ground_penalty)
     results: list[Row | None] = [None] * len(prompts)
     waiting = list(range(len(prompts)))
     active: list[int] = []  # prompt index of each batch row

@@ -325,29 +325,29 @@ class Generator:
 
         from catalogtune.infer import batching
 
-        ground = vocab = None
-        if ground_penalty:
-            from catalogtune.core.decoding import grounding_banned
-
-            self._processors(1, (1.0, 0), ground_penalty)  # builds self._ground_vocab once
-            vocab = self._ground_vocab
-            ground = lambda prompt: grounding_banned(vocab, prompt)  # noqa: E731
+        vocab = self._grounding_vocab() if ground_penalty else None
         autocast = torch.autocast("cpu", dtype=torch.bfloat16) if self.bf16 and self.device.type == "cpu" \
             else contextlib.nullcontext()
         with torch.inference_mode(), self._adapter(use_adapter) as net, autocast:
             return batching.generate(net, prompts, batch_size=batch_size, max_new_tokens=max_new_tokens,
-                                     pad_id=self.tok.pad_token_id, stop_ids=self.stop_ids, rules=rules, ground=ground,
+                                     pad_id=self.tok.pad_token_id, stop_ids=self.stop_ids, rules=rules,
                                      ground_vocab=vocab, ground_penalty=ground_penalty, device=self.device)
 
     def _processors(self, width: int, rules: tuple[float, int], ground_penalty: float) -> Any:
         procs = output_rules(width, *rules)
         if ground_penalty:
-            from catalogtune.core.decoding import GroundedNames, grounding_vocab
+            from catalogtune.core.decoding import GroundedNames
 
-            if getattr(self, "_ground_vocab", None) is None:
-                self._ground_vocab = grounding_vocab(self.tok)  # once per generator (~3 s for 49k tokens)
-            procs.append(GroundedNames(self._ground_vocab, width, ground_penalty))
+            procs.append(GroundedNames(self._grounding_vocab(), width, ground_penalty))
         return procs
+
+    def _grounding_vocab(self) -> dict:
+        """``core.decoding.grounding_vocab`` of the tokenizer, once per generator (~3 s for 49k tokens)."""
+        if getattr(self, "_ground_vocab", None) is None:
+            from catalogtune.core.decoding import grounding_vocab
+
+            self._ground_vocab = grounding_vocab(self.tok)
+        return self._ground_vocab
 
     def _decode(self, ids: list[int]) -> str:
         text = self.tok.decode(ids, skip_special_tokens=True)
