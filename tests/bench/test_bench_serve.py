@@ -23,6 +23,11 @@ def test_bench_serve_json_line(tiny_model_dir, capsys):
     for lv in res["levels"]:
         assert lv["requests_per_s"] > 0 and 0 < lv["p50_ms"] <= lv["p95_ms"] and lv["mean_batch"] >= 1
     assert one["speedup"] == 1.0 and four["mean_batch"] > 1  # concurrent clients share batches
+    # the 4-client level again with joining off, on the same loaded model
+    grouped = res["without_join"]
+    assert grouped["clients"] == 4 and grouped["requests"] == 8 and grouped["errors"] == 0
+    assert grouped["joined_running_batch"] == 0 and res["join_speedup"] > 0
+    assert res["join_speedup"] == pytest.approx(four["requests_per_s"] / grouped["requests_per_s"], abs=0.01)
 
 
 def test_load_test_is_loopback_only_and_bounded():

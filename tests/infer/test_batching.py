@@ -99,3 +99,43 @@ def test_sampling_and_sliding_window_models_keep_the_static_path(gens, prompts):
     cont, static = gens
     kw = dict(max_new_tokens=10, do_sample=True, seed=3, batch_size=4)
     assert [g.token_ids for g in cont.generate(prompts, **kw)] == [g.token_ids for g in static.generate(prompts, **kw)]
+
+
+def test_prompts_fed_while_running_join_the_batch_and_keep_their_tokens(gens, prompts, early_stop):
+    """generate_live: prompts arrive during decoding, each with its own token limit; every answer
+    equals what the prompt gets alone, and a short one is answered before the batch ends."""
+    cont, static = gens
+    early_stop()
+    kw = {"repetition_penalty": 1.2, "no_repeat_ngram_size": 3}
+    limits = [24, 5, 24, 3, 24, 12, 24, 8, 24]
+    arrivals = {1: [0, 1], 4: [2, 3, 4], 9: [5, 6, 7, 8]}  # feed call -> prompts arriving then
+    calls, done, queued = [0], [], []
+
+    def feed(free):  # a server queue: what arrived so far, at most ``free`` of it
+        calls[0] += 1
+        queued.extend(arrivals.get(calls[0], []))
+        take = queued[:free]
+        del queued[:free]
+        return [(i, prompts[i], limits[i]) for i in take]
+
+    n = cont.generate_live(feed, lambda key, g: done.append((key, g, calls[0])), batch_size=4, **kw)
+    assert n == len(prompts) and sorted(k for k, _, _ in done) == list(range(len(prompts)))
+    got = {k: g for k, g, _ in done}
+    for i, p in enumerate(prompts):
+        (alone,) = static.generate([p], max_new_tokens=limits[i], batch_size=1, **kw)
+        assert got[i].token_ids == alone.token_ids and got[i].stopped == alone.stopped
+        assert got[i].prompt_tokens == len(cont.encode(p))
+    finished_at = {k: step for k, _, step in done}
+    assert finished_at[3] < finished_at[0] or got[0].new_tokens <= 3  # the 3-token answer left first
+    arrived = {i: call for call, due in arrivals.items() for i in due}
+    # some prompt joined while an earlier one was still decoding
+    assert any(arrived[i] < arrived[j] < finished_at[i] for i in arrived for j in arrived)
+
+
+def test_live_generation_refuses_sampling_models(gens):
+    from catalogtune.core.util import CatalogtuneError
+
+    static = gens[1]
+    assert not static.can_join() and gens[0].can_join() and not gens[0].can_join(do_sample=True)
+    with pytest.raises(CatalogtuneError, match="greedy"):
+        static.generate_live(lambda free: [], lambda key, g: None)

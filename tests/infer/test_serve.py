@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.client
 import json
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -46,6 +47,28 @@ class Spy:
     def generate(self, prompts, **kw):
         self.calls.append((list(prompts), kw))
         return self.gen.generate(prompts, **kw)
+
+
+class LiveSpy(Spy):
+    """A Spy that serves greedy requests live; ``during`` runs once, at the ``at``-th time the batch asks for more."""
+
+    def __init__(self, gen, at: int = 2) -> None:
+        super().__init__(gen)
+        self.at, self.feeds, self.during, self.live_calls = at, 0, None, 0
+
+    def can_join(self, **kw):
+        return self.gen.can_join(**kw)
+
+    def generate_live(self, feed, on_done, **kw):
+        self.live_calls += 1
+
+        def asked(free):
+            self.feeds += 1
+            if self.feeds == self.at and self.during is not None:
+                self.during, during = None, self.during
+                during()
+            return feed(free)
+        return self.gen.generate_live(asked, on_done, **kw)
 
 
 @pytest.fixture(scope="module")
@@ -219,5 +242,45 @@ def test_base_only_server_from_a_model(tiny_model_dir):
                 c.completions.create(model="tiny-random-base+rag", prompt="x", max_tokens=2)
             assert "references" not in (c.completions.create(model="tiny-random-base", prompt="x", max_tokens=2)
                                         .model_extra or {})
+    finally:
+        service.close()
+
+
+def test_requests_join_a_running_batch_and_other_rules_wait_their_turn(generator):
+    spy = LiveSpy(generator)
+    service = S.Service(spy, FakeIndex(), name="tiny", k=3, max_batch=4, batch_window_ms=1, max_tokens_cap=64)
+    done_at: dict[str, float] = {}
+    try:
+        with S.serving(service) as srv, ThreadPoolExecutor(3) as pool:
+            c = openai.OpenAI(base_url=srv.url, api_key="x", max_retries=0, timeout=120)
+
+            def ask(key, **kw):
+                out = c.completions.create(model="tiny-finetuned", **kw)
+                done_at[key] = time.monotonic()
+                return out
+
+            def arrive():  # runs in the generation thread, between two decode steps of the long answer
+                futures.append(pool.submit(ask, "short", prompt="owl mug", max_tokens=3))
+                futures.append(pool.submit(ask, "sampled", prompt="owl mug", max_tokens=3, temperature=0.8, seed=1))
+                deadline = time.monotonic() + 60
+                while service.batcher.queue.qsize() < 2 and time.monotonic() < deadline:
+                    time.sleep(0.005)
+
+            futures: list = []
+            spy.during = arrive
+            long = ask("long", prompt="stainless steel insulated water bottle", max_tokens=48)
+            short, sampled = (f.result(timeout=120) for f in futures)
+            stats = dict(service.batcher.stats)
+            # the greedy request joined the running batch; the sampling one waited and ran on its own
+            assert stats["joined"] == 1 and spy.live_calls == 1
+            assert [kw["do_sample"] for _, kw in spy.calls] == [True]
+            assert sampled.choices[0].text and not service.batcher.deferred
+            # joining changes nothing in the answer
+            alone = c.completions.create(model="tiny-finetuned", prompt="owl mug", max_tokens=3)
+            assert short.choices[0].text == alone.choices[0].text
+            assert short.usage.completion_tokens == alone.usage.completion_tokens <= 3
+            if long.choices[0].finish_reason == "length":  # the 3-token answer did not wait for the 48-token one
+                assert done_at["short"] < done_at["long"]
+            assert [r["id"] for r in short.model_extra["references"]] == ["R0", "R1", "R2"]
     finally:
         service.close()

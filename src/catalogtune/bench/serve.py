@@ -6,6 +6,8 @@ process on a free loopback port, or ``--url`` of a running one (loopback only: t
 generator). Per level: requests/s (answers / wall time), p50/p95 latency, and from ``/health`` the
 mean number of requests per generation batch. The anchor is the 1-client level, what one user at a
 time gets; ``speedup`` is each level's requests/s over it (the server's batching is what lifts it).
+In-process, the largest level runs once more with joining off (``without_join``: a request waits
+for the batch before it; ``join_speedup`` = requests/s with joining over that).
 Bounded: at most ``MAX_REQUESTS`` per level, and no request starts after ``--max-seconds``.
 """
 
@@ -53,6 +55,8 @@ class ServeBenchConfig:
     """The in-process server's batching window."""
     max_batch: int = 16
     """The in-process server's largest batch."""
+    compare_join: bool = True
+    """In-process: run the largest level again with joining off (the anchor for joining a running batch)."""
     threads: int | None = None
     """The in-process server's torch threads (default: serve's choice, 1 on a busy machine)."""
 
@@ -165,6 +169,7 @@ def _level(base: str, model: str, clients: int, per_client: int, max_tokens: int
     }
     if before and after and after.get("batches", 0) > before.get("batches", 0):
         fig["mean_batch"] = round((after["requests"] - before["requests"]) / (after["batches"] - before["batches"]), 2)
+        fig["joined_running_batch"] = int(after.get("joined", 0)) - int(before.get("joined", 0))
     if errors:
         fig["first_error"] = errors[0]
     return fig
@@ -218,6 +223,16 @@ def run(cfg: ServeBenchConfig) -> dict[str, Any]:
         try:
             with serve.serving(service) as srv:
                 figures = load_test(srv.url, **kw)
+                if cfg.compare_join and service.batcher.join:
+                    # the same loaded model, requests not joining: each waits for the batch before it
+                    service.batcher.join = False
+                    top = max(cfg.clients)
+                    grouped = load_test(srv.url, **{**kw, "clients": [top]})["levels"][0]
+                    service.batcher.join = True
+                    joined = next(lv for lv in figures["levels"] if lv["clients"] == top)
+                    figures["without_join"] = grouped
+                    figures["join_speedup"] = round(joined["requests_per_s"] / grouped["requests_per_s"], 2) \
+                        if joined["requests_per_s"] and grouped["requests_per_s"] else None
         finally:
             service.close()
         threads = torch.get_num_threads()

@@ -17,7 +17,7 @@ layer (gemma3's sliding-window layers) keep the static path.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 Row = tuple[list[int], str]
 """(generated ids before the stop token, "eos" or "length")."""
@@ -121,15 +121,23 @@ def _left_pad(t: Any, width: int, dim: int) -> Any:
     return torch.cat([torch.zeros(shape, dtype=t.dtype, device=t.device), t], dim=dim)
 
 
+Feed = Callable[[int], Sequence[tuple[list[int], int]]]
+"""``feed(free)``: at most ``free`` new (prompt ids, max new tokens) to join a running batch."""
+
+
 def generate(net: Any, prompts: Sequence[list[int]], *, batch_size: int, max_new_tokens: int, pad_id: int,
              stop_ids: Sequence[int], rules: tuple[float, int], ground_vocab: dict | None = None,
-             ground_penalty: float = 0.0, device: Any = None,
-             join_at: int | None = None) -> list[Row]:
+             ground_penalty: float = 0.0, device: Any = None, join_at: int | None = None,
+             feed: Feed | None = None, on_done: Callable[[int, Row], None] | None = None) -> list[Row]:
     """Greedy continuous-batched decoding of ``prompts`` (token ids, in the order to admit them).
 
     ``ground_vocab`` (``core.decoding.grounding_vocab``) with ``ground_penalty`` > 0 lowers name and
     number starts each row's prompt lacks, as ``GroundedNames`` does. ``join_at``: free slots that trigger a join of
-    waiting prompts (default a quarter of ``batch_size``). Returns one row per prompt, in order.
+    waiting prompts (default a quarter of ``batch_size``). ``feed`` (a server's queue) is asked for new
+    prompts whenever the batch and its waiting list have room; they are numbered after ``prompts`` in
+    the order fed, each with its own token limit, and the loop returns once nothing is running,
+    waiting or fed. ``on_done(i, row)`` is called the step prompt ``i`` ends. Returns one row per
+    prompt, given and fed, in order.
     """
     import torch
     from transformers.cache_utils import DynamicCache
@@ -139,6 +147,8 @@ def generate(net: Any, prompts: Sequence[list[int]], *, batch_size: int, max_new
     stops = set(int(s) for s in stop_ids)
     vocab = int(net.config.get_text_config(decoder=True).vocab_size)
     rules_ = _Rules(vocab, rules[0], rules[1], ground_vocab, ground_penalty)
+    prompts = list(prompts)
+    limits = [max_new_tokens] * len(prompts)
     results: list[Row | None] = [None] * len(prompts)
     waiting = list(range(len(prompts)))
     active: list[int] = []  # prompt index of each batch row
@@ -177,16 +187,33 @@ def generate(net: Any, prompts: Sequence[list[int]], *, batch_size: int, max_new
         for r, t in enumerate(tokens):
             b = offset + r
             g = rules_.gen[b]
+            i = active[b]
             if t in stops:
-                results[active[b]] = (list(g), "eos")
-            elif len(g) + 1 >= max_new_tokens:
-                results[active[b]] = (g + [t], "length")
+                results[i] = (list(g), "eos")
+            elif len(g) + 1 >= limits[i]:
+                results[i] = (g + [t], "length")
             else:
                 go_on.append(b)
+                continue
+            if on_done is not None:
+                on_done(i, results[i])  # type: ignore[arg-type]
         rules_.push(offset, tokens)
         return go_on
 
-    while waiting or active:
+    def pull() -> None:
+        free = batch_size - len(active) - len(waiting)
+        if feed is None or free <= 0:
+            return
+        for ids, limit in feed(free):
+            waiting.append(len(prompts))
+            prompts.append(list(ids))
+            limits.append(int(limit))
+            results.append(None)
+
+    while True:
+        pull()
+        if not (waiting or active):
+            break
         if waiting and (not active or batch_size - len(active) >= min(join_at, len(waiting))):
             take = waiting[: batch_size - len(active)]
             waiting = waiting[len(take):]

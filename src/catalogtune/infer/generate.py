@@ -16,7 +16,7 @@ import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from catalogtune.core import prompt as prompt_mod
 from catalogtune.core.decoding import DECODING, PENALTY_SCOPES, Decoding, output_rules  # noqa: F401  (re-exported)
@@ -332,6 +332,57 @@ class Generator:
             return batching.generate(net, prompts, batch_size=batch_size, max_new_tokens=max_new_tokens,
                                      pad_id=self.tok.pad_token_id, stop_ids=self.stop_ids, rules=rules,
                                      ground_vocab=vocab, ground_penalty=ground_penalty, device=self.device)
+
+    def can_join(self, do_sample: bool = False, penalty_scope: str = "output") -> bool:
+        """True when ``generate_live`` can serve these settings (greedy, output-only rules, plain caches)."""
+        return self.continuous and not do_sample and penalty_scope == "output" and self._can_join_rows()
+
+    def generate_live(self, feed: Callable[[int], Sequence[tuple[Any, str, int]]],
+                      on_done: Callable[[Any, Generation], None], *, batch_size: int = 16, use_adapter: bool = True,
+                      repetition_penalty: float = 1.0, no_repeat_ngram_size: int = 0,
+                      ground_penalty: float = 0.0) -> int:
+        """Continuous batching over prompts that keep arriving: a server's requests join the running batch.
+
+        ``feed(free)`` returns at most ``free`` new ``(key, prompt, max_new_tokens)`` (an empty list when
+        none is waiting); ``on_done(key, generation)`` is called the step a prompt ends, so its answer
+        leaves before the batch does. Greedy decoding with output-only rules (``can_join``): the same
+        tokens as ``generate`` gives the prompt alone. Returns once nothing is running or fed; the
+        number of prompts generated.
+        """
+        import torch
+
+        from catalogtune.infer import batching
+
+        if not self.can_join():
+            raise CatalogtuneError("generate_live needs greedy decoding on a model whose cache rows can be joined")
+        batch_size = _check_int("batch_size", batch_size, 1)
+        keys: list[Any] = []
+        meta: list[tuple[int, float]] = []  # (prompt tokens, admission time)
+
+        def pull(free: int) -> list[tuple[list[int], int]]:
+            out = []
+            for key, text, limit in feed(free):
+                limit = min(_check_int("max_new_tokens", limit, 1), MAX_NEW_TOKENS)
+                ids = self.encode(_check_texts("prompts", [text])[0])[-self._prompt_cap(limit):]
+                keys.append(key)
+                meta.append((len(ids), time.perf_counter()))
+                out.append((ids, limit))
+            return out
+
+        def done(i: int, row: tuple[list[int], str]) -> None:
+            ids, stopped = row
+            on_done(keys[i], Generation(self._decode(ids), len(ids), time.perf_counter() - meta[i][1], stopped,
+                                        ids, meta[i][0]))
+
+        vocab = self._grounding_vocab() if ground_penalty else None
+        autocast = torch.autocast("cpu", dtype=torch.bfloat16) if self.bf16 and self.device.type == "cpu" \
+            else contextlib.nullcontext()
+        with torch.inference_mode(), self._adapter(use_adapter) as net, autocast:
+            rows = batching.generate(net, [], batch_size=batch_size, max_new_tokens=1, pad_id=self.tok.pad_token_id,
+                                     stop_ids=self.stop_ids, rules=(repetition_penalty, no_repeat_ngram_size),
+                                     ground_vocab=vocab, ground_penalty=ground_penalty, device=self.device,
+                                     feed=pull, on_done=done)
+        return len(rows)
 
     def _processors(self, width: int, rules: tuple[float, int], ground_penalty: float) -> Any:
         procs = output_rules(width, *rules)

@@ -10,10 +10,12 @@ answer carries an extra field ``references``: ``[{"id", "title", "score"}]``. Re
 decoding settings get the project's one setting, ``core.decoding.DECODING`` (what evaluate uses).
 
 One worker thread owns the model: it takes the requests that arrive within ``--batch-window-ms``
-(up to ``--max-batch``), retrieves for all of them in one index query, groups them by decoding
-settings and runs one ``Generator.generate`` call per group. ``Generator.generate`` returns whole
-answers, so a streamed answer is sent as chunks once its batch is done: the format is OpenAI's,
-the latency that of the batch.
+(up to ``--max-batch``) and retrieves for all of them in one index query. Greedy requests (the
+default) run as one continuous batch that later requests with the same rules join between two
+decode steps (``Generator.generate_live``); each answer is sent the step its row ends, not when
+the batch does. Sampling requests are grouped by settings, one ``Generator.generate`` call per
+group. Answers are whole when sent, so a streamed answer arrives as chunks once its row is done:
+the format is OpenAI's, the latency that of the row.
 
 HTTP: the standard library's ``ThreadingHTTPServer`` (a thread per connection, only parsing
 small JSON bodies and waiting). Starlette/uvicorn are installed with chromadb, but only with the
@@ -25,7 +27,6 @@ by ``clean_title``, a bounded queue (503 when full), a socket timeout; errors ar
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import queue
@@ -35,7 +36,7 @@ import threading
 import time
 import traceback
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Iterator
@@ -79,6 +80,8 @@ class ServeConfig:
     """How long the worker waits for more requests before generating."""
     max_tokens_cap: int = 512
     """Requests asking for more max_tokens get this many."""
+    join: bool = True
+    """Greedy requests join the running batch between decode steps (off: each waits for the batch before it)."""
     threads: int | None = None
     """torch threads (default: one per core, or 1 when the machine is already busier than its cores)."""
 
@@ -136,15 +139,25 @@ class Job:
 
 
 class Batcher:
-    """The generation worker: collects jobs for a short window, generates them in groups."""
+    """The generation worker: collects jobs for a short window, generates them in groups.
+
+    Greedy requests (the default decoding) on a model whose cache rows can be joined
+    (``Generator.can_join``) run in one continuous batch: requests with the same decoding rules
+    that arrive while it runs join it between two decode steps (``Generator.generate_live``),
+    and each answer is sent the step it ends. Requests with other rules wait in ``deferred``; the
+    running batch stops admitting once the oldest of them has waited ``max_defer_s``, drains,
+    and they go next. Sampling requests keep one ``Generator.generate`` call per group.
+    """
 
     def __init__(self, generator: Any, index: Any = None, k: int = 5, max_batch: int = 16,
-                 window_s: float = 0.01) -> None:
-        self.gen, self.index, self.k = generator, index, k
-        self.max_batch, self.window_s = max_batch, window_s
+                 window_s: float = 0.01, max_defer_s: float = 2.0, join: bool = True) -> None:
+        self.gen, self.index, self.k, self.join = generator, index, k, join
+        self.max_batch, self.window_s, self.max_defer_s = max_batch, window_s, max_defer_s
         self.queue: queue.Queue = queue.Queue(maxsize=MAX_QUEUE)
-        self.stats = {"requests": 0, "batches": 0, "generate_calls": 0, "largest_batch": 0}
+        self.deferred: list[tuple[float, Job]] = []  # (queued at, job): other rules than the running batch
+        self.stats = {"requests": 0, "batches": 0, "generate_calls": 0, "largest_batch": 0, "joined": 0}
         self._lock = threading.Lock()
+        self._stop = False
         self._thread = threading.Thread(target=self._loop, name="catalogtune-generate", daemon=True)
         self._thread.start()
 
@@ -166,40 +179,67 @@ class Batcher:
         self.queue.put(None)
         self._thread.join(timeout=30)
 
+    def _take(self, timeout: float | None) -> Job | None:
+        """The next job: a deferred one first, then the queue (None: nothing within ``timeout``, or stop)."""
+        if self.deferred:
+            return self.deferred.pop(0)[1]
+        if self._stop:
+            return None
+        try:
+            job = self.queue.get(timeout=timeout) if timeout is None or timeout > 0 else self.queue.get_nowait()
+        except queue.Empty:
+            return None
+        if job is None:
+            self._stop = True
+        return job
+
     def _loop(self) -> None:
         while True:
-            first = self.queue.get()
+            first = self._take(None) if not self._stop else self._take(0)
             if first is None:
-                return
-            jobs, stop = [first], False
+                if self._stop:
+                    return
+                continue
+            jobs = [first]
             deadline = time.monotonic() + self.window_s
-            while len(jobs) < self.max_batch:
-                try:  # requests that queued while the last batch ran are taken at once
-                    job = self.queue.get(timeout=max(0.0, deadline - time.monotonic()))
-                except queue.Empty:
-                    break
+            while len(jobs) < self.max_batch:  # requests that queued while the last batch ran are taken at once
+                job = self._take(max(0.0, deadline - time.monotonic()))
                 if job is None:
-                    stop = True
                     break
                 jobs.append(job)
             self._run(jobs)
-            if stop:
-                return
 
-    def _run(self, jobs: list[Job]) -> None:
+    def _live_key(self, dec: Settings) -> Settings | None:
+        """The rules a continuous batch shares (token limits may differ), or None for the grouped path."""
+        can = getattr(self.gen, "can_join", None)
+        if not self.join or dec.do_sample or can is None or not can():
+            return None
+        return replace(dec, max_new_tokens=0, seed=0, temperature=0.0, top_p=1.0)
+
+    def _retrieve(self, jobs: list[Job]) -> None:
+        if self.index is not None and jobs:
+            for job, recs in zip(jobs, self.index.query([j.title for j in jobs], self.k)):
+                job.records = list(recs)
+
+    def _count(self, jobs: list[Job]) -> None:
         with self._lock:
             self.stats["requests"] += len(jobs)
             self.stats["batches"] += 1
             self.stats["largest_batch"] = max(self.stats["largest_batch"], len(jobs))
+
+    def _run(self, jobs: list[Job]) -> None:
+        self._count(jobs)
         try:
-            if self.index is not None:
-                for job, recs in zip(jobs, self.index.query([j.title for j in jobs], self.k)):
-                    job.records = list(recs)
+            self._retrieve(jobs)
             groups: dict[Settings, list[Job]] = {}
+            live: dict[Settings, list[Job]] = {}
             for job in jobs:
-                groups.setdefault(job.decoding, []).append(job)
+                key = self._live_key(job.decoding)
+                (live.setdefault(key, []) if key is not None else groups.setdefault(job.decoding, [])).append(job)
             for dec, group in groups.items():
                 self._generate(dec, group)
+            for key, group in live.items():
+                self._generate_live(key, group)
         except Exception:  # noqa: BLE001 - the worker must survive; the client gets a 500
             traceback.print_exc(file=sys.stderr)
             for job in jobs:
@@ -225,6 +265,64 @@ class Batcher:
                 job.error = ApiError(500, "internal error while generating")
         with self._lock:
             self.stats["generate_calls"] += 1
+
+    def _generate_live(self, key: Settings, group: list[Job]) -> None:
+        """One continuous batch: ``group`` first, then queued jobs with the same rules as slots free up."""
+        start = list(group)
+        running: list[Job] = []
+
+        def admit(free: int) -> list[tuple[Job, str, int]]:
+            fresh = start[:free]
+            del start[: len(fresh)]
+            joined: list[Job] = []
+            while len(fresh) + len(joined) < free and not self._stop:
+                if self.deferred and time.monotonic() - self.deferred[0][0] > self.max_defer_s:
+                    break  # others have waited long enough: let this batch drain
+                job = self._take_queued()
+                if job is None:
+                    break
+                if self._live_key(job.decoding) == key:
+                    joined.append(job)
+                else:
+                    self.deferred.append((time.monotonic(), job))
+            running.extend(fresh + joined)  # before retrieval: a failure there must still answer them
+            if joined:
+                with self._lock:
+                    self.stats["requests"] += len(joined)
+                    self.stats["joined"] += len(joined)
+                self._retrieve(joined)
+            return [(j, self.gen.prompt(j.title, context=j.records if j.rag else None), j.decoding.max_new_tokens)
+                    for j in fresh + joined]
+
+        def finished(job: Job, out: Any) -> None:
+            job.result = out
+            job.done.set()
+
+        try:
+            self.gen.generate_live(admit, finished, batch_size=self.max_batch, use_adapter=key.use_adapter,
+                                   repetition_penalty=key.repetition_penalty,
+                                   no_repeat_ngram_size=key.no_repeat_ngram_size)
+        except Exception as exc:  # noqa: BLE001 - the worker must survive
+            if not isinstance(exc, CatalogtuneError):
+                traceback.print_exc(file=sys.stderr)
+            err = ApiError(400, str(exc)) if isinstance(exc, CatalogtuneError) else \
+                ApiError(500, "internal error while generating")
+            for job in running + start:
+                if job.result is None:
+                    job.error = err
+                    job.done.set()
+        with self._lock:
+            self.stats["generate_calls"] += 1
+
+    def _take_queued(self) -> Job | None:
+        """A job from the queue without waiting (None: empty, or the stop mark, remembered)."""
+        try:
+            job = self.queue.get_nowait()
+        except queue.Empty:
+            return None
+        if job is None:
+            self._stop = True
+        return job
 
 
 # --- request checks ------------------------------------------------------------------------
@@ -315,11 +413,11 @@ class Service:
     """OpenAI-shaped answers from one Generator (and an optional index)."""
 
     def __init__(self, generator: Any, index: Any = None, name: str = "model", k: int = 5, max_batch: int = 16,
-                 batch_window_ms: float = 10.0, max_tokens_cap: int = 512) -> None:
+                 batch_window_ms: float = 10.0, max_tokens_cap: int = 512, join: bool = True) -> None:
         self.gen, self.index, self.name = generator, index, re.sub(r"\s+", "-", name) or "model"
         self.max_tokens_cap = max_tokens_cap
         self.created = int(time.time())
-        self.batcher = Batcher(generator, index, k, max_batch, batch_window_ms / 1000.0)
+        self.batcher = Batcher(generator, index, k, max_batch, batch_window_ms / 1000.0, join=join)
 
     def model_ids(self) -> list[str]:
         ids = [f"{self.name}-base"]
@@ -635,7 +733,8 @@ def build_service(cfg: ServeConfig) -> Service:
         base = str(cfg.model)
     name = cfg.name or Path(str(base).rstrip("/")).name
     return Service(gen, index, name=name, k=int(cfg.k), max_batch=int(cfg.max_batch),
-                   batch_window_ms=float(cfg.batch_window_ms), max_tokens_cap=int(cfg.max_tokens_cap))
+                   batch_window_ms=float(cfg.batch_window_ms), max_tokens_cap=int(cfg.max_tokens_cap),
+                   join=bool(cfg.join))
 
 
 def run(cfg: ServeConfig) -> None:
