@@ -174,3 +174,18 @@ def test_mask_unsupported_takes_no_loss_on_invented_names_and_numbers(tiny):
     assert flat[c["loss_rows"] + 1].tolist() == c["loss_targets"].tolist()
     assert c["n_useful"] == useful_tokens(no_ctx) + useful_tokens(plain)
     assert c["loss_targets"][useful_tokens(no_ctx) - 1].item() == no_ctx[0][-1]  # the end token keeps its loss
+
+
+def test_mask_scope_plain_masks_only_prompts_without_references(tiny):
+    _, tok = tiny
+    rec = {"title": "garden diary", "content": "Written by Anna Smith in 1987.",
+           "context": [{"title": "other", "content": "a diary"}]}
+    both = [{**rec, "context": None}, rec]
+    every = tokenize(both, tok, 128, mask_unsupported=True).examples
+    plain = tokenize(both, tok, 128, mask_unsupported=True, mask_scope="plain").examples
+    assert every[0] == plain[0] and every[0][2]  # the title-only example is masked either way
+    assert every[1][2] and plain[1][:2] == every[1][:2] and plain[1][2] == ()  # the one with references is not
+    with pytest.raises(ValueError, match="mask_scope"):
+        from catalogtune.train import TrainConfig
+
+        TrainConfig(data="d", out="o", mask_scope="some")

@@ -78,7 +78,8 @@ class Tokenized:
     """For each example, the index of its record in the input."""
 
 
-def tokenize(records: Sequence[dict], tok: Any, max_length: int, mask_unsupported: bool = False) -> Tokenized:
+def tokenize(records: Sequence[dict], tok: Any, max_length: int, mask_unsupported: bool = False,
+             mask_scope: str = "all") -> Tokenized:
     """Turn records into (ids, n_prompt); long descriptions are cut to ``max_length`` tokens.
 
     Records with an empty title or description, or a prompt that leaves no room for the
@@ -87,6 +88,8 @@ def tokenize(records: Sequence[dict], tok: Any, max_length: int, mask_unsupporte
     number in neither the title nor the record's references, ``core.claims``): they get no
     loss, so the model is not taught to state facts it cannot know (token-level loss
     truncation, as in Goyal and Durrett, 2021), while the text around them still trains it.
+    ``mask_scope="plain"`` masks only examples without references: retrieval-aware examples keep
+    their whole loss.
     """
     from catalogtune.core.prompt import build_prompt, completion_text
 
@@ -122,7 +125,8 @@ def tokenize(records: Sequence[dict], tok: Any, max_length: int, mask_unsupporte
     enc = tok(completions, add_special_tokens=False, return_offsets_mapping=mask_unsupported)
     all_c = enc["input_ids"]
     masks: list[tuple[int, ...]] = (
-        _unsupported_tokens(records, kept, completions, enc["offset_mapping"]) if mask_unsupported else [()] * len(kept)
+        _unsupported_tokens(records, kept, completions, enc["offset_mapping"], plain_only=mask_scope == "plain")
+        if mask_unsupported else [()] * len(kept)
     )
     for src, p_ids, c_ids, no_loss in zip(kept, all_p, all_c, masks):
         room = max_length - len(p_ids)
@@ -142,13 +146,17 @@ def tokenize(records: Sequence[dict], tok: Any, max_length: int, mask_unsupporte
 
 
 def _unsupported_tokens(records: Sequence[dict], kept: Sequence[int], completions: Sequence[str],
-                        offsets: Sequence[Sequence[tuple[int, int]]]) -> list[tuple[int, ...]]:
-    """For each completion, the indices of its tokens that overlap an unsupported claim."""
+                        offsets: Sequence[Sequence[tuple[int, int]]], plain_only: bool = False) -> list[tuple[int, ...]]:
+    """For each completion, the indices of its tokens that overlap an unsupported claim
+    (none for an example with references when ``plain_only``)."""
     from catalogtune.core.claims import unsupported_spans
 
-    out = []
+    out: list[tuple[int, ...]] = []
     for src, text, offs in zip(kept, completions, offsets):
         rec = records[src]
+        if plain_only and rec.get("context"):
+            out.append(())
+            continue
         refs = [str(c.get("content") or "") for c in rec.get("context") or ()]
         spans = unsupported_spans(text, str(rec.get("title") or ""), refs)
         # the last token (the end token, or the last piece of a cut text) always keeps its loss

@@ -95,7 +95,8 @@ class Loop:
         torch.manual_seed(cfg.seed)  # LoRA initialisation
         self.model, self.tok = load_for_training(cfg, acc.device)
         self.fast = self._speed_ups()
-        train_tok = tokenize(train_rows, self.tok, cfg.max_length, mask_unsupported=cfg.mask_unsupported)
+        train_tok = tokenize(train_rows, self.tok, cfg.max_length, mask_unsupported=cfg.mask_unsupported,
+                             mask_scope=cfg.mask_scope)
         self.examples: list[Example] = train_tok.examples
         self.records = [train_rows[i] for i in train_tok.sources]  # the record of each example
         if not self.examples:

@@ -111,6 +111,8 @@ class TrainConfig:
     """Train on the sentences of each description whose names and numbers its prompt holds (train.grounding); drop targets left under 40 characters."""
     mask_unsupported: bool = False
     """No loss on the training description tokens inside a name or number the prompt does not hold (train.batches); the text around them still trains. Validation loss stays on whole descriptions."""
+    mask_scope: str = "all"
+    """Which examples --mask-unsupported masks: all, or plain (only prompts without retrieved records: retrieval-aware examples keep their whole loss)."""
     resume: bool = False
     """Continue from the last checkpoint in RUN_DIR."""
     overwrite: bool = False
@@ -140,6 +142,8 @@ class TrainConfig:
         if self.max_length < 16:
             raise ValueError(f"max_length must be at least 16 tokens (got {self.max_length})")
         self.bf16 = str(self.bf16).lower()
+        if self.mask_scope not in ("all", "plain"):
+            raise ValueError(f"mask_scope must be all or plain (got {self.mask_scope!r})")
         if self.bf16 not in ("auto", "true", "false"):
             raise ValueError(f"bf16 must be auto, true or false (got {self.bf16!r})")
         if self.backend not in ("torch", "unsloth"):
