@@ -283,3 +283,41 @@ def test_requests_join_a_running_batch_and_other_rules_wait_their_turn(generator
             assert [r["id"] for r in short.model_extra["references"]] == ["R0", "R1", "R2"]
     finally:
         service.close()
+
+
+def test_live_streaming_sends_text_while_the_answer_is_generated(generator):
+    spy = LiveSpy(generator, at=12)
+    service = S.Service(spy, FakeIndex(), name="tiny", k=3, max_batch=4, batch_window_ms=1, max_tokens_cap=64)
+    try:
+        with S.serving(service) as srv:
+            c = openai.OpenAI(base_url=srv.url, api_key="x", max_retries=0, timeout=120)
+            messages = [{"role": "user", "content": "stainless steel insulated water bottle"}]
+            plain = c.chat.completions.create(model="tiny-finetuned", max_tokens=40, messages=messages)
+            got, seen = [], []
+
+            def during():  # in the generation thread, 12 steps in: has the client had text yet?
+                deadline = time.monotonic() + 20
+                while not any(ch.choices and ch.choices[0].delta.content for ch in got) and time.monotonic() < deadline:
+                    time.sleep(0.01)
+                seen.append(any(ch.choices and ch.choices[0].delta.content for ch in got))
+
+            spy.during, spy.at = during, spy.feeds + 12
+            for ch in c.chat.completions.create(model="tiny-finetuned", max_tokens=40, messages=messages, stream=True,
+                                                stream_options={"include_usage": True}):
+                got.append(ch)
+            text = "".join(ch.choices[0].delta.content or "" for ch in got if ch.choices)
+            assert text == plain.choices[0].message.content
+            if plain.usage.completion_tokens >= 14:  # still generating at step 12
+                assert seen == [True]
+            assert got[0].model_extra["references"] and got[-1].usage.completion_tokens == plain.usage.completion_tokens
+            # a stop string cuts the stream where the plain answer is cut
+            words = plain.choices[0].message.content.split()
+            if len(words) >= 4:
+                stop = words[len(words) // 2]
+                cut = c.completions.create(model="tiny-finetuned", prompt=messages[0]["content"], max_tokens=40, stop=[stop])
+                streamed = list(c.completions.create(model="tiny-finetuned", prompt=messages[0]["content"],
+                                                     max_tokens=40, stop=[stop], stream=True))
+                assert "".join(ch.choices[0].text for ch in streamed) == cut.choices[0].text
+                assert streamed[-1].choices[0].finish_reason == cut.choices[0].finish_reason == "stop"
+    finally:
+        service.close()

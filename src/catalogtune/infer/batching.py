@@ -128,7 +128,8 @@ Feed = Callable[[int], Sequence[tuple[list[int], int]]]
 def generate(net: Any, prompts: Sequence[list[int]], *, batch_size: int, max_new_tokens: int, pad_id: int,
              stop_ids: Sequence[int], rules: tuple[float, int], ground_vocab: dict | None = None,
              ground_penalty: float = 0.0, device: Any = None, join_at: int | None = None,
-             feed: Feed | None = None, on_done: Callable[[int, Row], None] | None = None) -> list[Row]:
+             feed: Feed | None = None, on_done: Callable[[int, Row], None] | None = None,
+             on_token: Callable[[int, int], None] | None = None) -> list[Row]:
     """Greedy continuous-batched decoding of ``prompts`` (token ids, in the order to admit them).
 
     ``ground_vocab`` (``core.decoding.grounding_vocab``) with ``ground_penalty`` > 0 lowers name and
@@ -137,7 +138,8 @@ def generate(net: Any, prompts: Sequence[list[int]], *, batch_size: int, max_new
     prompts whenever the batch and its waiting list have room; they are numbered after ``prompts`` in
     the order fed, each with its own token limit, and the loop returns once nothing is running,
     waiting or fed. ``on_done(i, row)`` is called the step prompt ``i`` ends. Returns one row per
-    prompt, given and fed, in order.
+    prompt, given and fed, in order. ``on_token(i, token)`` sees each token prompt ``i`` keeps (not
+    the stop token), before its ``on_done``: a server streams from it.
     """
     import torch
     from transformers.cache_utils import DynamicCache
@@ -188,6 +190,8 @@ def generate(net: Any, prompts: Sequence[list[int]], *, batch_size: int, max_new
             b = offset + r
             g = rules_.gen[b]
             i = active[b]
+            if on_token is not None and t not in stops:
+                on_token(i, t)
             if t in stops:
                 results[i] = (list(g), "eos")
             elif len(g) + 1 >= limits[i]:

@@ -340,14 +340,16 @@ class Generator:
     def generate_live(self, feed: Callable[[int], Sequence[tuple[Any, str, int]]],
                       on_done: Callable[[Any, Generation], None], *, batch_size: int = 16, use_adapter: bool = True,
                       repetition_penalty: float = 1.0, no_repeat_ngram_size: int = 0,
-                      ground_penalty: float = 0.0) -> int:
+                      ground_penalty: float = 0.0, on_text: Callable[[Any, str], None] | None = None) -> int:
         """Continuous batching over prompts that keep arriving: a server's requests join the running batch.
 
         ``feed(free)`` returns at most ``free`` new ``(key, prompt, max_new_tokens)`` (an empty list when
         none is waiting); ``on_done(key, generation)`` is called the step a prompt ends, so its answer
         leaves before the batch does. Greedy decoding with output-only rules (``can_join``): the same
-        tokens as ``generate`` gives the prompt alone. Returns once nothing is running or fed; the
-        number of prompts generated.
+        tokens as ``generate`` gives the prompt alone. ``on_text(key, piece)`` streams each prompt's
+        text as it grows: the pieces join to the start of the final text (trailing whitespace and
+        an unfinished multi-byte character are held back until they are followed by more). Returns
+        once nothing is running or fed; the number of prompts generated.
         """
         import torch
 
@@ -369,6 +371,16 @@ class Generator:
                 out.append((ids, limit))
             return out
 
+        streams: dict[int, tuple[list[int], list[str]]] = {}  # prompt -> (ids so far, [text sent])
+
+        def token(i: int, t: int) -> None:
+            ids, sent = streams.setdefault(i, ([], [""]))
+            ids.append(t)
+            text = self._stream_text(ids)
+            if len(text) > len(sent[0]) and text.startswith(sent[0]):
+                on_text(keys[i], text[len(sent[0]):])  # type: ignore[misc]
+                sent[0] = text
+
         def done(i: int, row: tuple[list[int], str]) -> None:
             ids, stopped = row
             on_done(keys[i], Generation(self._decode(ids), len(ids), time.perf_counter() - meta[i][1], stopped,
@@ -381,8 +393,14 @@ class Generator:
             rows = batching.generate(net, [], batch_size=batch_size, max_new_tokens=1, pad_id=self.tok.pad_token_id,
                                      stop_ids=self.stop_ids, rules=(repetition_penalty, no_repeat_ngram_size),
                                      ground_vocab=vocab, ground_penalty=ground_penalty, device=self.device,
-                                     feed=pull, on_done=done)
+                                     feed=pull, on_done=done, on_token=token if on_text is not None else None)
         return len(rows)
+
+    def _stream_text(self, ids: list[int]) -> str:
+        """The part of ``_decode(ids)`` that more tokens will not change: no trailing space or
+        unfinished character (a byte-level piece of a multi-byte one decodes as U+FFFD)."""
+        text = _OUTPUT_CONTROL.sub(" ", self.tok.decode(ids, skip_special_tokens=True)).lstrip()
+        return text.rstrip("\ufffd").rstrip()
 
     def _processors(self, width: int, rules: tuple[float, int], ground_penalty: float) -> Any:
         procs = output_rules(width, *rules)

@@ -14,8 +14,9 @@ One worker thread owns the model (``infer/worker.py``): it takes the requests th
 Greedy requests (the default) run as one continuous batch that later requests with the same rules
 join between two decode steps (``Generator.generate_live``); each answer is sent the step its row
 ends, not when the batch does. Sampling requests are grouped by settings, one
-``Generator.generate`` call per group. Answers are whole when sent, so a streamed answer arrives
-as chunks once its row is done: the format is OpenAI's, the latency that of the row.
+``Generator.generate`` call per group. A streamed answer of a live batch is sent as it is
+generated (token-sized pieces, cut at the first stop string, the last characters held back
+until they cannot start one); a grouped one arrives as word-sized chunks once it is done.
 
 HTTP: the standard library's ``ThreadingHTTPServer`` (a thread per connection, only parsing
 small JSON bodies and waiting). Starlette/uvicorn are installed with chromadb, but only with the
@@ -28,7 +29,9 @@ by ``clean_title``, a bounded queue (503 when full), a socket timeout; errors ar
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
+import queue
 import re
 import sys
 import threading
@@ -45,7 +48,7 @@ from catalogtune.core import config
 from catalogtune.core.decoding import DECODING
 from catalogtune.core.prompt import clean_title
 from catalogtune.core.util import CatalogtuneError
-from catalogtune.infer.worker import ApiError, Batcher, Job, Settings
+from catalogtune.infer.worker import WAIT_S, ApiError, Batcher, Job, Settings
 
 MAX_BODY_BYTES = 64 * 1024
 MAX_PROMPTS = 16
@@ -233,12 +236,53 @@ class Service:
         )
 
     def _answers(self, titles: list[str], body: dict) -> tuple[str, list[Job], list[str]]:
+        """Queue one job per title; a streamed request returns at once (its jobs carry a stream),
+        any other once every answer is there."""
         model, use_adapter, rag = self._model(body)
         dec, stops = self._decoding(body, use_adapter), _stops(body)
-        _flag(body, "stream")
-        jobs = [Job(t, rag, dec) for t in titles]
-        self.batcher.submit(jobs)
+        stream = _flag(body, "stream")
+        jobs = [Job(t, rag, dec, stream=queue.Queue() if stream else None) for t in titles]
+        if stream:
+            self.batcher.enqueue(jobs)
+        else:
+            self.batcher.submit(jobs)
         return model, jobs, stops
+
+    def _stream_pieces(self, job: Job, stops: list[str]) -> Iterator[str | ApiError]:
+        """A streamed job's text as it grows, cut at the first stop string; the job is answered
+        when this ends (an ApiError is yielded instead of raised: the response has begun).
+
+        The pieces join to ``_choice_text``'s text: the last ``len(stop) - 1`` characters are held
+        back until they cannot start a stop string. A job that was not generated live sends no
+        pieces before it ends and then comes as word-sized ones.
+        """
+        hold = max((len(x) for x in stops), default=1) - 1
+        text, sent, cut = "", "", False
+        while True:
+            try:
+                piece = job.stream.get(timeout=WAIT_S)  # type: ignore[union-attr]
+            except queue.Empty:
+                yield ApiError(504, "generation timed out", code="timeout")
+                return
+            if piece is None:
+                break
+            if cut:
+                continue
+            text += piece
+            hits = [text.find(x) for x in stops if x in text]
+            if hits:
+                cut, ready = True, text[: min(hits)].rstrip()
+            else:
+                ready = text[: len(text) - hold].rstrip() if hold else text
+            if len(ready) > len(sent) and ready.startswith(sent):
+                yield ready[len(sent):]
+                sent = ready
+        if job.error is not None:
+            yield job.error
+            return
+        final, _ = self._choice_text(job, stops)
+        rest = final[len(sent):] if final.startswith(sent) else ""
+        yield from _word_pieces(rest) if not sent else ([rest] if rest else [])
 
     def _choice_text(self, job: Job, stops: list[str]) -> tuple[str, str]:
         text, reason = job.result.text, "stop" if job.result.stopped == "eos" else "length"
@@ -266,21 +310,33 @@ class Service:
         model, jobs, stops = self._answers(titles, body)
         head = {"id": f"cmpl-{uuid.uuid4().hex[:24]}", "object": "text_completion", "created": int(time.time()),
                 "model": model}
-        texts = [self._choice_text(j, stops) for j in jobs]
-        refs = {"references": self._refs(jobs[0])} if self.index is not None else {}
         if not _flag(body, "stream"):
+            texts = [self._choice_text(j, stops) for j in jobs]
+            refs = {"references": self._refs(jobs[0])} if self.index is not None else {}
             choices = [{"index": i, "text": t, "finish_reason": r, "logprobs": None,
                         **({"references": self._refs(j)} if self.index is not None else {})}
                        for i, (j, (t, r)) in enumerate(zip(jobs, texts))]
             return {**head, "choices": choices, "usage": self._usage(jobs), **refs}
 
         def chunks() -> Iterator[dict]:
-            for i, (t, r) in enumerate(texts):
-                for n, piece in enumerate(_pieces(t)):
-                    extra = refs if (i == 0 and n == 0) else {}
-                    yield {**head, "choices": [{"index": i, "text": piece, "finish_reason": None, "logprobs": None}], **extra}
-                yield {**head, "choices": [{"index": i, "text": "", "finish_reason": r, "logprobs": None}],
-                       **(refs if not t and i == 0 else {})}
+            refs = [self.index is not None]  # sent once, with the first chunk: known once the first piece is
+
+            def extra() -> dict:
+                if not refs[0]:
+                    return {}
+                refs[0] = False
+                return {"references": self._refs(jobs[0])}
+
+            for i, job in enumerate(jobs):
+                for piece in self._stream_pieces(job, stops):
+                    if isinstance(piece, ApiError):
+                        yield piece.payload()
+                        return
+                    yield {**head, "choices": [{"index": i, "text": piece, "finish_reason": None, "logprobs": None}],
+                           **extra()}
+                _, reason = self._choice_text(job, stops)
+                yield {**head, "choices": [{"index": i, "text": "", "finish_reason": reason, "logprobs": None}],
+                       **extra()}
             if _include_usage(body):
                 yield {**head, "choices": [], "usage": self._usage(jobs)}
         return chunks()
@@ -290,20 +346,30 @@ class Service:
         title = _title(last_user_text(body.get("messages")), "messages")
         model, jobs, stops = self._answers([title], body)
         (job,) = jobs
-        text, reason = self._choice_text(job, stops)
         head = {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "created": int(time.time()), "model": model}
-        refs = {"references": self._refs(job)} if self.index is not None else {}
         if not _flag(body, "stream"):
+            text, reason = self._choice_text(job, stops)
+            refs = {"references": self._refs(job)} if self.index is not None else {}
             choice = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": reason,
                       "logprobs": None}
             return {**head, "object": "chat.completion", "choices": [choice], "usage": self._usage(jobs), **refs}
         head["object"] = "chat.completion.chunk"
 
         def chunks() -> Iterator[dict]:
+            pieces = self._stream_pieces(job, stops)
+            first = next(pieces, None)  # the first piece (or the end): the references are known by then
+            if isinstance(first, ApiError):
+                yield first.payload()
+                return
+            refs = {"references": self._refs(job)} if self.index is not None else {}
             yield {**head, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
                                         "finish_reason": None}], **refs}
-            for piece in _pieces(text):
+            for piece in itertools.chain([first] if first is not None else [], pieces):
+                if isinstance(piece, ApiError):
+                    yield piece.payload()
+                    return
                 yield {**head, "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}]}
+            _, reason = self._choice_text(job, stops)
             yield {**head, "choices": [{"index": 0, "delta": {}, "finish_reason": reason}]}
             if _include_usage(body):
                 yield {**head, "choices": [], "usage": self._usage(jobs)}
@@ -313,7 +379,7 @@ class Service:
         self.batcher.close()
 
 
-def _pieces(text: str) -> list[str]:
+def _word_pieces(text: str) -> list[str]:
     """Word-sized stream chunks that join back to ``text``."""
     return re.findall(r"\s*\S+|\s+$", text)
 

@@ -65,6 +65,16 @@ class Job:
     result: Any = None
     error: ApiError | None = None
     done: threading.Event = field(default_factory=threading.Event)
+    stream: queue.Queue | None = None
+    """For a streamed answer: text pieces as they are generated (live batches only), then None."""
+
+    def finish(self) -> None:
+        """Mark the job answered (result or error set) and close its stream."""
+        if self.done.is_set():
+            return
+        self.done.set()
+        if self.stream is not None:
+            self.stream.put(None)
 
 
 class Batcher:
@@ -92,16 +102,25 @@ class Batcher:
 
     def submit(self, jobs: list[Job]) -> None:
         """Queue ``jobs`` (503 when the queue is full) and wait for all of them."""
+        self.enqueue(jobs)
+        for job in jobs:
+            self.wait(job)
+
+    def enqueue(self, jobs: list[Job]) -> None:
+        """Queue ``jobs`` without waiting (503 when the queue is full)."""
         for job in jobs:
             try:
                 self.queue.put_nowait(job)
             except queue.Full:
                 raise ApiError(503, "server busy: too many queued requests, retry later", code="busy") from None
-        for job in jobs:
-            if not job.done.wait(WAIT_S):
-                raise ApiError(504, "generation timed out", code="timeout")
-            if job.error is not None:
-                raise job.error
+
+    @staticmethod
+    def wait(job: Job) -> None:
+        """Wait for ``job``'s answer (504 after ``WAIT_S``); its error is raised."""
+        if not job.done.wait(WAIT_S):
+            raise ApiError(504, "generation timed out", code="timeout")
+        if job.error is not None:
+            raise job.error
 
     def close(self) -> None:
         """Stop the worker after the jobs already queued."""
@@ -176,7 +195,7 @@ class Batcher:
                     job.error = ApiError(500, "internal error while retrieving references")
         finally:
             for job in jobs:
-                job.done.set()
+                job.finish()
 
     def _generate(self, dec: Settings, group: list[Job]) -> None:
         try:
@@ -225,12 +244,16 @@ class Batcher:
 
         def finished(job: Job, out: Any) -> None:
             job.result = out
-            job.done.set()
+            job.finish()
+
+        def piece(job: Job, text: str) -> None:
+            if job.stream is not None:
+                job.stream.put(text)
 
         try:
             self.gen.generate_live(admit, finished, batch_size=self.max_batch, use_adapter=key.use_adapter,
                                    repetition_penalty=key.repetition_penalty,
-                                   no_repeat_ngram_size=key.no_repeat_ngram_size)
+                                   no_repeat_ngram_size=key.no_repeat_ngram_size, on_text=piece)
         except Exception as exc:  # noqa: BLE001 - the worker must survive
             if not isinstance(exc, CatalogtuneError):
                 traceback.print_exc(file=sys.stderr)
@@ -239,7 +262,7 @@ class Batcher:
             for job in running + start:
                 if job.result is None:
                     job.error = err
-                    job.done.set()
+                    job.finish()
         with self._lock:
             self.stats["generate_calls"] += 1
 
