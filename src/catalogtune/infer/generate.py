@@ -296,9 +296,7 @@ class Generator:
         for r, ids in enumerate(batch):
             input_ids[r, width - len(ids):] = torch.tensor(ids)
             mask[r, width - len(ids):] = 1
-        autocast = torch.autocast("cpu", dtype=torch.bfloat16) if self.bf16 and self.device.type == "cpu" \
-            else contextlib.nullcontext()
-        with torch.inference_mode(), self._adapter(use_adapter) as net, autocast:
+        with torch.inference_mode(), self._adapter(use_adapter) as net, self._autocast():
             out = net.generate(
                 input_ids=input_ids.to(self.device), attention_mask=mask.to(self.device), generation_config=gen_cfg,
                 logits_processor=self._processors(width, rules, ground_penalty),
@@ -310,6 +308,14 @@ class Generator:
             cut = next((j for j, t in enumerate(ids) if t in stops), None)
             rows.append((ids, "length") if cut is None else (ids[:cut], "eos"))
         return rows
+
+    def _autocast(self) -> Any:
+        """bf16 autocast for generation on a CPU that has it, else nothing."""
+        import torch
+
+        if self.bf16 and self.device.type == "cpu":
+            return torch.autocast("cpu", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
 
     def _can_join_rows(self) -> bool:
         if self._continuous_ok is None:
@@ -326,9 +332,7 @@ class Generator:
         from catalogtune.infer import batching
 
         vocab = self._grounding_vocab() if ground_penalty else None
-        autocast = torch.autocast("cpu", dtype=torch.bfloat16) if self.bf16 and self.device.type == "cpu" \
-            else contextlib.nullcontext()
-        with torch.inference_mode(), self._adapter(use_adapter) as net, autocast:
+        with torch.inference_mode(), self._adapter(use_adapter) as net, self._autocast():
             return batching.generate(net, prompts, batch_size=batch_size, max_new_tokens=max_new_tokens,
                                      pad_id=self.tok.pad_token_id, stop_ids=self.stop_ids, rules=rules,
                                      ground_vocab=vocab, ground_penalty=ground_penalty, device=self.device)
@@ -387,9 +391,7 @@ class Generator:
                                         ids, meta[i][0]))
 
         vocab = self._grounding_vocab() if ground_penalty else None
-        autocast = torch.autocast("cpu", dtype=torch.bfloat16) if self.bf16 and self.device.type == "cpu" \
-            else contextlib.nullcontext()
-        with torch.inference_mode(), self._adapter(use_adapter) as net, autocast:
+        with torch.inference_mode(), self._adapter(use_adapter) as net, self._autocast():
             rows = batching.generate(net, [], batch_size=batch_size, max_new_tokens=1, pad_id=self.tok.pad_token_id,
                                      stop_ids=self.stop_ids, rules=(repetition_penalty, no_repeat_ngram_size),
                                      ground_vocab=vocab, ground_penalty=ground_penalty, device=self.device,

@@ -131,15 +131,7 @@ class Batcher:
         """The next job: a deferred one first, then the queue (None: nothing within ``timeout``, or stop)."""
         if self.deferred:
             return self.deferred.pop(0)[1]
-        if self._stop:
-            return None
-        try:
-            job = self.queue.get(timeout=timeout) if timeout is None or timeout > 0 else self.queue.get_nowait()
-        except queue.Empty:
-            return None
-        if job is None:
-            self._stop = True
-        return job
+        return None if self._stop else self._take_queued(timeout)
 
     def _loop(self) -> None:
         while True:
@@ -163,6 +155,9 @@ class Batcher:
         if not self.join or dec.do_sample or can is None or not can():
             return None
         return replace(dec, max_new_tokens=0, seed=0, temperature=0.0, top_p=1.0)
+
+    def _prompt(self, job: Job) -> str:
+        return self.gen.prompt(job.title, context=job.records if job.rag else None)
 
     def _retrieve(self, jobs: list[Job]) -> None:
         if self.index is not None and jobs:
@@ -199,7 +194,7 @@ class Batcher:
 
     def _generate(self, dec: Settings, group: list[Job]) -> None:
         try:
-            prompts = [self.gen.prompt(j.title, context=j.records if j.rag else None) for j in group]
+            prompts = [self._prompt(j) for j in group]
             kw = {k: v for k, v in vars(dec).items()}
             outs = self.gen.generate(prompts, batch_size=len(prompts), **kw)
             for job, out in zip(group, outs):
@@ -239,8 +234,7 @@ class Batcher:
                     self.stats["requests"] += len(joined)
                     self.stats["joined"] += len(joined)
                 self._retrieve(joined)
-            return [(j, self.gen.prompt(j.title, context=j.records if j.rag else None), j.decoding.max_new_tokens)
-                    for j in fresh + joined]
+            return [(j, self._prompt(j), j.decoding.max_new_tokens) for j in fresh + joined]
 
         def finished(job: Job, out: Any) -> None:
             job.result = out
@@ -266,10 +260,11 @@ class Batcher:
         with self._lock:
             self.stats["generate_calls"] += 1
 
-    def _take_queued(self) -> Job | None:
-        """A job from the queue without waiting (None: empty, or the stop mark, remembered)."""
+    def _take_queued(self, timeout: float | None = 0.0) -> Job | None:
+        """A job from the queue within ``timeout`` (None: wait; <= 0: not at all); None when there is
+        none, or for the stop mark, which is remembered."""
         try:
-            job = self.queue.get_nowait()
+            job = self.queue.get(timeout=timeout) if timeout is None or timeout > 0 else self.queue.get_nowait()
         except queue.Empty:
             return None
         if job is None:
