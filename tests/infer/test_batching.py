@@ -139,3 +139,52 @@ def test_live_generation_refuses_sampling_models(gens):
     assert not static.can_join() and gens[0].can_join() and not gens[0].can_join(do_sample=True)
     with pytest.raises(CatalogtuneError, match="greedy"):
         static.generate_live(lambda free: [], lambda key, g: None)
+
+
+def _guided_reference(gen, prompt: str, negative: str, scale: float, max_new: int) -> list[int]:
+    """Title guidance the slow obvious way: one row, both prompts recomputed whole at every step."""
+    import torch
+
+    cond, neg, out = gen.encode(prompt), gen.encode(negative), []
+    with torch.inference_mode(), gen._adapter(True) as net:
+        for _ in range(max_new):
+            c = net(input_ids=torch.tensor([cond + out])).logits[0, -1]
+            u = net(input_ids=torch.tensor([neg + out])).logits[0, -1]
+            c, u = torch.log_softmax(c.float(), -1), torch.log_softmax(u.float(), -1)
+            t = int((c + scale * (c - u)).argmax())
+            if t in gen.stop_ids:
+                break
+            out.append(t)
+    return out
+
+
+def test_title_guidance_equals_the_obvious_two_prompt_decoder(gens, prompts, early_stop):
+    """Guided rows (each with its negative prompt in a second cache) leave and join the batch and
+    still choose exactly what recomputing both prompts alone chooses; scale 0 is plain decoding."""
+    cont, static = gens
+    kw = {"repetition_penalty": 1.0, "no_repeat_ngram_size": 0}
+    early_stop(**kw)
+    negatives = [cont.negative_prompt() for _ in prompts]
+    assert negatives[0] == prompts[0].replace(TITLES[0], "")
+    got = cont.generate(prompts, max_new_tokens=12, batch_size=3, guidance=1.5, negative_prompts=negatives, **kw)
+    for p, n, g in zip(prompts, negatives, got):
+        assert g.token_ids == _guided_reference(cont, p, n, 1.5, 12)
+    plain = cont.generate(prompts, max_new_tokens=12, batch_size=3, **kw)
+    assert [g.token_ids for g in got] != [g.token_ids for g in plain]  # the guidance changed something
+    zero = cont.generate(prompts, max_new_tokens=12, batch_size=3, guidance=0.0, negative_prompts=negatives, **kw)
+    assert [g.token_ids for g in zero] == [g.token_ids for g in plain]
+
+
+def test_title_guidance_refuses_what_it_cannot_do(gens, prompts):
+    from catalogtune.core.util import CatalogtuneError
+
+    cont, static = gens
+    neg = [cont.negative_prompt() for _ in prompts]
+    with pytest.raises(CatalogtuneError, match="one negative prompt per prompt"):
+        cont.generate(prompts, guidance=1.0, negative_prompts=neg[:2])
+    with pytest.raises(CatalogtuneError, match="greedy"):
+        cont.generate(prompts, guidance=1.0, negative_prompts=neg, do_sample=True)
+    with pytest.raises(CatalogtuneError, match="greedy"):
+        static.generate(prompts, guidance=1.0, negative_prompts=neg)
+    with pytest.raises(CatalogtuneError, match=">= 0"):
+        cont.generate(prompts, guidance=-1.0, negative_prompts=neg)

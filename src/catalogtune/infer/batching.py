@@ -125,11 +125,86 @@ Feed = Callable[[int], Sequence[tuple[list[int], int]]]
 """``feed(free)``: at most ``free`` new (prompt ids, max new tokens) to join a running batch."""
 
 
+class _Side:
+    """One KV cache over the running rows and its attention mask (1 where the cache holds a token)."""
+
+    def __init__(self, device: Any) -> None:
+        self.device = device
+        self.cache: Any = None
+        self.mask: Any = None
+
+    def prefill(self, net: Any, rows: Sequence[list[int]], pad_id: int) -> Any:
+        """Prefill ``rows`` (left-padded together) and append them to the batch; their last logits."""
+        import torch
+        from transformers.cache_utils import DynamicCache
+
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+        m = torch.zeros((len(rows), width), dtype=torch.long)
+        for r, row in enumerate(rows):
+            ids[r, width - len(row):] = torch.tensor(row)
+            m[r, width - len(row):] = 1
+        pos = (m.cumsum(-1) - 1).masked_fill(m == 0, 0)
+        new_cache = DynamicCache(config=net.config)
+        out = net(input_ids=ids.to(self.device), attention_mask=m.to(self.device), position_ids=pos.to(self.device),
+                  past_key_values=new_cache, use_cache=True, logits_to_keep=1)
+        m = m.to(self.device)
+        if self.cache is None:
+            self.cache, self.mask = new_cache, m
+        else:
+            t_all = max(self.mask.shape[1], m.shape[1])
+            for old, new in zip(self.cache.layers, new_cache.layers):
+                old.keys = torch.cat([_left_pad(old.keys, t_all, 2), _left_pad(new.keys, t_all, 2)])
+                old.values = torch.cat([_left_pad(old.values, t_all, 2), _left_pad(new.values, t_all, 2)])
+            self.mask = torch.cat([_left_pad(self.mask, t_all, 1), _left_pad(m, t_all, 1)])
+        self.last_ids = ids
+        return out.logits[:, -1, :]
+
+    def step(self, net: Any, pending: Any) -> Any:
+        """Feed each row its pending token; the next logits."""
+        import torch
+
+        self.mask = torch.cat([self.mask, torch.ones((self.mask.shape[0], 1), dtype=self.mask.dtype,
+                                                     device=self.device)], 1)
+        pos = self.mask.sum(1, keepdim=True) - 1
+        out = net(input_ids=pending[:, None], attention_mask=self.mask, position_ids=pos,
+                  past_key_values=self.cache, use_cache=True, logits_to_keep=1)
+        return out.logits[:, -1, :]
+
+    def keep(self, t: Any) -> None:
+        """Only rows ``t`` (a tensor of row indices, in order) stay; columns none of them uses go."""
+        if t is None:
+            self.cache = self.mask = None
+            return
+        self.cache.batch_select_indices(t)
+        self.mask = self.mask[t]
+        used = self.mask.any(0).nonzero()
+        lead = int(used[0]) if len(used) else self.mask.shape[1]
+        if lead:
+            self.mask = self.mask[:, lead:]
+            for layer in self.cache.layers:
+                layer.keys, layer.values = layer.keys[:, :, lead:], layer.values[:, :, lead:]
+
+
+def guide(cond: Any, uncond: Any, scale: float) -> Any:
+    """Context-aware decoding (Shi et al. 2024): log p(y|x) + scale * (log p(y|x) - log p(y|x without the title)).
+
+    Tokens the prompt makes likely gain, tokens that are likely whatever the product is (a stock
+    opening, a generic blurb) lose; ``scale`` 0 is plain decoding.
+    """
+    import torch
+
+    c = torch.log_softmax(cond.float(), -1)
+    u = torch.log_softmax(uncond.float(), -1)
+    return c + scale * (c - u)
+
+
 def generate(net: Any, prompts: Sequence[list[int]], *, batch_size: int, max_new_tokens: int, pad_id: int,
              stop_ids: Sequence[int], rules: tuple[float, int], ground_vocab: dict | None = None,
              ground_penalty: float = 0.0, device: Any = None, join_at: int | None = None,
              feed: Feed | None = None, on_done: Callable[[int, Row], None] | None = None,
-             on_token: Callable[[int, int], None] | None = None) -> list[Row]:
+             on_token: Callable[[int, int], None] | None = None,
+             negatives: Sequence[list[int]] | None = None, guidance: float = 0.0) -> list[Row]:
     """Greedy continuous-batched decoding of ``prompts`` (token ids, in the order to admit them).
 
     ``ground_vocab`` (``core.decoding.grounding_vocab``) with ``ground_penalty`` > 0 lowers name and
@@ -140,9 +215,12 @@ def generate(net: Any, prompts: Sequence[list[int]], *, batch_size: int, max_new
     waiting or fed. ``on_done(i, row)`` is called the step prompt ``i`` ends. Returns one row per
     prompt, given and fed, in order. ``on_token(i, token)`` sees each token prompt ``i`` keeps (not
     the stop token), before its ``on_done``: a server streams from it.
+
+    ``negatives`` (one per prompt) with ``guidance`` > 0: each row also runs its negative prompt
+    (the same prompt without the title) in a second cache fed the same tokens, and chooses by
+    ``guide`` (two forward passes per step). Not with ``feed``.
     """
     import torch
-    from transformers.cache_utils import DynamicCache
 
     device = device or torch.device("cpu")
     join_at = max(1, join_at or batch_size // 4)
@@ -150,38 +228,28 @@ def generate(net: Any, prompts: Sequence[list[int]], *, batch_size: int, max_new
     vocab = int(net.config.get_text_config(decoder=True).vocab_size)
     rules_ = _Rules(vocab, rules[0], rules[1], ground_vocab, ground_penalty)
     prompts = list(prompts)
+    guided = bool(guidance) and negatives is not None
+    if guided and (feed is not None or len(negatives) != len(prompts)):  # type: ignore[arg-type]
+        raise ValueError("negatives: one per prompt, and no feed")
     limits = [max_new_tokens] * len(prompts)
     results: list[Row | None] = [None] * len(prompts)
     waiting = list(range(len(prompts)))
     active: list[int] = []  # prompt index of each batch row
-    cache: Any = None
-    mask: Any = None  # (rows, T) 1 where the cache holds a real token
+    sides = [_Side(device)] + ([_Side(device)] if guided else [])
     pending: Any = None  # (rows,) the token each row generated and has not fed yet
 
     def finish(keep_rows: list[int]) -> None:
-        nonlocal cache, mask, pending, active
-        if not keep_rows:
-            cache = mask = pending = None
-            active = []
-            rules_.keep([])
-            return
-        t = torch.tensor(keep_rows, dtype=torch.long, device=device)
-        if cache is not None:
-            cache.batch_select_indices(t)
-        mask, pending = mask[t], pending[t]
+        nonlocal pending, active
+        t = torch.tensor(keep_rows, dtype=torch.long, device=device) if keep_rows else None
+        for side in sides:
+            side.keep(t)
+        pending = pending[t] if keep_rows else None
         active = [active[i] for i in keep_rows]
         rules_.keep(keep_rows)
-        # columns no remaining row uses (the long prompts that left) are dropped
-        used = mask.any(0).nonzero()
-        lead = int(used[0]) if len(used) else mask.shape[1]
-        if lead:
-            mask = mask[:, lead:]
-            for layer in cache.layers:
-                layer.keys, layer.values = layer.keys[:, :, lead:], layer.values[:, :, lead:]
 
-    def choose(scores: Any, rows: slice) -> list[int]:
-        scores = rules_.apply(scores.float(), rows)
-        return scores.argmax(-1).tolist()
+    def choose(logits: list[Any], rows: slice) -> list[int]:
+        scores = guide(logits[0], logits[1], guidance) if guided else logits[0].float()
+        return rules_.apply(scores, rows).argmax(-1).tolist()
 
     def settle(tokens: list[int], offset: int) -> list[int]:
         """Record rows ``offset..``'s new tokens; the batch rows among them that go on."""
@@ -221,41 +289,21 @@ def generate(net: Any, prompts: Sequence[list[int]], *, batch_size: int, max_new
         if waiting and (not active or batch_size - len(active) >= min(join_at, len(waiting))):
             take = waiting[: batch_size - len(active)]
             waiting = waiting[len(take):]
-            width = max(len(prompts[i]) for i in take)
-            ids = torch.full((len(take), width), pad_id, dtype=torch.long)
-            m = torch.zeros((len(take), width), dtype=torch.long)
-            for r, i in enumerate(take):
-                ids[r, width - len(prompts[i]):] = torch.tensor(prompts[i])
-                m[r, width - len(prompts[i]):] = 1
-            pos = (m.cumsum(-1) - 1).masked_fill(m == 0, 0)
-            new_cache = DynamicCache(config=net.config)
-            out = net(input_ids=ids.to(device), attention_mask=m.to(device), position_ids=pos.to(device),
-                      past_key_values=new_cache, use_cache=True, logits_to_keep=1)
+            logits = [sides[0].prefill(net, [prompts[i] for i in take], pad_id)]
+            if guided:
+                logits.append(sides[1].prefill(net, [negatives[i] for i in take], pad_id))  # type: ignore[index]
             offset = len(active)
             active = active + take
-            rules_.add(ids)
-            tokens = choose(out.logits[:, -1, :], slice(offset, offset + len(take)))
+            rules_.add(sides[0].last_ids)
+            tokens = choose(logits, slice(offset, offset + len(take)))
             new_pending = torch.tensor(tokens, dtype=torch.long, device=device)
-            m = m.to(device)
-            if cache is None:
-                cache, mask, pending = new_cache, m, new_pending
-            else:
-                t_all = max(mask.shape[1], m.shape[1])
-                for old, new in zip(cache.layers, new_cache.layers):
-                    old.keys = torch.cat([_left_pad(old.keys, t_all, 2), _left_pad(new.keys, t_all, 2)])
-                    old.values = torch.cat([_left_pad(old.values, t_all, 2), _left_pad(new.values, t_all, 2)])
-                mask = torch.cat([_left_pad(mask, t_all, 1), _left_pad(m, t_all, 1)])
-                pending = torch.cat([pending, new_pending])
+            pending = new_pending if pending is None else torch.cat([pending, new_pending])
             go_on = list(range(offset)) + settle(tokens, offset)
             if len(go_on) < len(active):
                 finish(go_on)
             continue
         # one decode step for every active row
-        mask = torch.cat([mask, torch.ones((mask.shape[0], 1), dtype=mask.dtype, device=device)], 1)
-        pos = (mask.sum(1, keepdim=True) - 1)
-        out = net(input_ids=pending[:, None], attention_mask=mask, position_ids=pos,
-                  past_key_values=cache, use_cache=True, logits_to_keep=1)
-        tokens = choose(out.logits[:, -1, :], slice(0, len(active)))
+        tokens = choose([side.step(net, pending) for side in sides], slice(0, len(active)))
         go_on = settle(tokens, 0)
         pending = torch.tensor(tokens, dtype=torch.long, device=device)
         if len(go_on) < len(active):

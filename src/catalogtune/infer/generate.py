@@ -152,7 +152,7 @@ class Generator:
         """Token ids of ``text`` the way the model sees a prompt."""
         return list(self.tok(text, add_special_tokens=self._add_special)["input_ids"])
 
-    def prompt(self, title: str, context: Sequence[dict] | None = None) -> str:
+    def prompt(self, title: str | None, context: Sequence[dict] | None = None) -> str:
         """The prompt for ``title``; retrieved records are dropped from the end until it fits the cap."""
         ctx = list(context or [])
         while True:
@@ -160,6 +160,10 @@ class Generator:
             if not ctx or len(self.encode(text)) <= MAX_PROMPT_TOKENS:
                 return text
             ctx.pop()
+
+    def negative_prompt(self, context: Sequence[dict] | None = None) -> str:
+        """The prompt guidance contrasts with: the same layout and references, no title."""
+        return self.prompt(None, context)
 
     def _prompt_cap(self, max_new_tokens: int) -> int:
         return max(1, min(MAX_PROMPT_TOKENS, self.max_positions - max_new_tokens))
@@ -205,6 +209,8 @@ class Generator:
         seed: int = 0,
         penalty_scope: str = "output",
         ground_penalty: float = 0.0,
+        guidance: float = 0.0,
+        negative_prompts: list[str] | None = None,
     ) -> list[Generation]:
         """Generate one description per prompt (greedy unless ``do_sample``), in input order.
 
@@ -213,7 +219,9 @@ class Generator:
         Over the prompt they forbid the model to repeat the title or copy a retrieved record's
         3-grams (an author's name, a series title): the answer cannot use what it was given.
         ``ground_penalty`` > 0 lowers the logits of mid-sentence name and number starts that the
-        row's prompt lacks (``core.decoding.GroundedNames``).
+        row's prompt lacks (``core.decoding.GroundedNames``). ``guidance`` > 0 with one negative
+        prompt per prompt (``negative_prompt``: the same prompt without the title) decodes by
+        ``batching.guide`` (greedy, output-only rules, models whose rows can be batched).
         """
         import torch
 
@@ -229,6 +237,14 @@ class Generator:
             raise CatalogtuneError(f"ground_penalty must be >= 0, not {ground_penalty}")
         if penalty_scope not in PENALTY_SCOPES:
             raise CatalogtuneError(f"penalty_scope must be one of {', '.join(PENALTY_SCOPES)}, not {penalty_scope!r}")
+        if not guidance >= 0:
+            raise CatalogtuneError(f"guidance must be >= 0, not {guidance}")
+        if guidance and (negative_prompts is None or len(negative_prompts) != len(prompts)):
+            raise CatalogtuneError("guidance needs one negative prompt per prompt")
+        if guidance and not (self.continuous and not do_sample and penalty_scope == "output"
+                             and self._can_join_rows()):
+            raise CatalogtuneError("guidance needs greedy decoding with output-only repetition rules "
+                                   "on a model whose rows can be batched")
         if not prompts:
             return []
         cap = self._prompt_cap(max_new_tokens)
@@ -248,8 +264,12 @@ class Generator:
         results: list[Generation | None] = [None] * len(encoded)
         if self.continuous and not do_sample and output_only and self._can_join_rows():
             t0 = time.perf_counter()
+            negatives = None
+            if guidance:
+                neg = [self.encode(p)[-cap:] for p in _check_texts("negative_prompts", negative_prompts)]
+                negatives = [neg[i] for i in order]
             rows = self._generate_continuous([encoded[i] for i in order], max_new_tokens, batch_size, use_adapter,
-                                             rules, ground_penalty)
+                                             rules, ground_penalty, negatives, guidance)
             share = (time.perf_counter() - t0) / len(order)
             for i, (ids, stopped) in zip(order, rows):
                 results[i] = Generation(self._decode(ids), len(ids), share, stopped, ids, len(encoded[i]))
@@ -325,7 +345,9 @@ class Generator:
         return self._continuous_ok
 
     def _generate_continuous(self, prompts: list[list[int]], max_new_tokens: int, batch_size: int,
-                             use_adapter: bool, rules: tuple[float, int], ground_penalty: float) -> list[tuple[list[int], str]]:
+                             use_adapter: bool, rules: tuple[float, int], ground_penalty: float,
+                             negatives: list[list[int]] | None = None,
+                             guidance: float = 0.0) -> list[tuple[list[int], str]]:
         """Greedy decoding of ``prompts`` (in admission order) with continuous batching."""
         import torch
 
@@ -335,7 +357,8 @@ class Generator:
         with torch.inference_mode(), self._adapter(use_adapter) as net, self._autocast():
             return batching.generate(net, prompts, batch_size=batch_size, max_new_tokens=max_new_tokens,
                                      pad_id=self.tok.pad_token_id, stop_ids=self.stop_ids, rules=rules,
-                                     ground_vocab=vocab, ground_penalty=ground_penalty, device=self.device)
+                                     ground_vocab=vocab, ground_penalty=ground_penalty, device=self.device,
+                                     negatives=negatives, guidance=guidance)
 
     def can_join(self, do_sample: bool = False, penalty_scope: str = "output") -> bool:
         """True when ``generate_live`` can serve these settings (greedy, output-only rules, plain caches)."""
