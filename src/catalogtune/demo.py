@@ -156,8 +156,10 @@ def run(cfg: DemoConfig) -> DemoResult:
     train_kw: dict[str, Any] = dict(data=d["prep"], out=d["run"], model=cfg.model, max_steps=cfg.max_steps,
                                     budget=cfg.train_budget)
     if cfg.retrieval_training:
-        # references in half of the prompts need room: about 290 prompt tokens with 3 records
-        train_kw.update(rag_index=d["index"], max_length=448)
+        # references in half of the prompts need room: about 290 prompt tokens with 3 records;
+        # no loss on invented names and numbers in the prompts without references (validation
+        # n = 69 and test n = 120: fewer unsupported claims, ROUGE-L and the RAG gain kept)
+        train_kw.update(rag_index=d["index"], max_length=448, mask_unsupported=True, mask_scope="plain")
     preset = cfg.train_config
     train_fp = _stage(res, "train", d["run"], _fingerprint("train", prep_fp, index_fp, train_kw, str(preset)), cfg.force,
                       lambda: train.run(_train_config(train, preset, train_kw)))

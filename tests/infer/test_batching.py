@@ -175,6 +175,30 @@ def test_title_guidance_equals_the_obvious_two_prompt_decoder(gens, prompts, ear
     assert [g.token_ids for g in zero] == [g.token_ids for g in plain]
 
 
+def test_title_guidance_on_the_static_and_live_paths(gens, prompts, early_stop):
+    """The static path (transformers' guidance processor, for sampling and sliding-window models)
+    and a server's live batch choose the same tokens as the continuous path; negatives default to
+    each prompt built by ``prompt`` without its title."""
+    cont, static = gens
+    kw = {"repetition_penalty": 1.2, "no_repeat_ngram_size": 3, "guidance": 1.0}
+    early_stop(**kw)
+    a = cont.generate(prompts, max_new_tokens=12, batch_size=3, **kw)
+    assert [static.prompt(t) for t in TITLES] == prompts  # each generator knows the prompts it built
+    b = static.generate(prompts, max_new_tokens=12, batch_size=3, **kw)
+    assert [g.token_ids for g in a] == [g.token_ids for g in b]
+    plain = cont.generate(prompts, max_new_tokens=12, batch_size=3, **{**kw, "guidance": 0.0})
+    assert [g.token_ids for g in a] != [g.token_ids for g in plain]
+    queue, got = list(enumerate(prompts)), {}
+
+    def feed(free):
+        take, queue[:] = queue[:free], queue[free:]
+        return [(i, p, 12) for i, p in take]
+
+    cont.generate_live(feed, lambda key, g: got.__setitem__(key, g), batch_size=4,
+                       repetition_penalty=1.2, no_repeat_ngram_size=3, guidance=1.0)
+    assert [got[i].token_ids for i in range(len(prompts))] == [g.token_ids for g in a]
+
+
 def test_title_guidance_refuses_what_it_cannot_do(gens, prompts):
     from catalogtune.core.util import CatalogtuneError
 
@@ -182,9 +206,11 @@ def test_title_guidance_refuses_what_it_cannot_do(gens, prompts):
     neg = [cont.negative_prompt() for _ in prompts]
     with pytest.raises(CatalogtuneError, match="one negative prompt per prompt"):
         cont.generate(prompts, guidance=1.0, negative_prompts=neg[:2])
-    with pytest.raises(CatalogtuneError, match="greedy"):
-        cont.generate(prompts, guidance=1.0, negative_prompts=neg, do_sample=True)
-    with pytest.raises(CatalogtuneError, match="greedy"):
-        static.generate(prompts, guidance=1.0, negative_prompts=neg)
     with pytest.raises(CatalogtuneError, match=">= 0"):
         cont.generate(prompts, guidance=-1.0, negative_prompts=neg)
+    # a prompt the generator did not build is its own negative: no title to contrast with
+    raw = "### Product title:\nnot built by prompt()\n\n### Description:\n"
+    assert cont.negatives_for([raw, prompts[1]]) == [raw, cont.negative_prompt()]
+    kw = {"max_new_tokens": 6, "repetition_penalty": 1.0, "no_repeat_ngram_size": 0}
+    assert cont.generate([raw], guidance=2.0, **kw)[0].token_ids == cont.generate([raw], **kw)[0].token_ids
+

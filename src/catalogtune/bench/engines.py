@@ -273,7 +273,8 @@ def run(cfg: BenchEnginesConfig) -> BenchEnginesResult:
         text_of = {tuple(i): p for i, p in zip(ids, prompts)}
 
         def project(rules: bool) -> Any:
-            kw = DECODING.kwargs(max_new_tokens=mnt) if rules else dict(max_new_tokens=mnt)
+            # the engines compare one forward pass per token: no title guidance (it doubles them)
+            kw = DECODING.kwargs(max_new_tokens=mnt, guidance=0.0) if rules else dict(max_new_tokens=mnt)
 
             def call(batch: list[list[int]]) -> list[tuple[list[int], str]]:
                 out = gen.generate([text_of[tuple(b)] for b in batch], batch_size=bs, **kw)

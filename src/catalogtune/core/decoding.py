@@ -29,12 +29,18 @@ class Decoding:
     """Greedy (False) or sampled decoding."""
     ground_penalty: float = 0.0
     """Logit penalty on starting a mid-sentence name or a number the prompt lacks (GroundedNames; 0 = off)."""
+    guidance: float = 0.5
+    """Title guidance (context-aware decoding, ``infer.batching.guide``): a token's log-probability
+    plus this times its gain from the title over the same prompt without the title (0 = off). Chosen
+    on validation (n = 69): the outputs' most frequent opening 19 % -> 7 % of outputs, ROUGE-L up
+    (+0.028 [+0.006, +0.059] for the unmasked recipe, n.s. for the masked one), at two forward passes
+    per token."""
 
     def kwargs(self, **overrides: Any) -> dict[str, Any]:
         """Keyword arguments for ``Generator.generate``; ``overrides`` (e.g. max_new_tokens) win."""
         kw = {"max_new_tokens": self.max_new_tokens, "repetition_penalty": self.repetition_penalty,
               "no_repeat_ngram_size": self.no_repeat_ngram_size, "penalty_scope": self.penalty_scope,
-              "do_sample": self.do_sample, "ground_penalty": self.ground_penalty}
+              "do_sample": self.do_sample, "ground_penalty": self.ground_penalty, "guidance": self.guidance}
         kw.update(overrides)
         return kw
 

@@ -90,12 +90,12 @@ def _context_block(context: Sequence[dict] | None) -> str:
     return "\n".join(lines) + "\n\n"
 
 
-def build_prompt(tokenizer: Any, title: str | None, context: Sequence[dict] | None = None) -> str:
+def build_prompt(tokenizer: Any, title: str, context: Sequence[dict] | None = None, *, blank_title: bool = False) -> str:
     """The text the model sees before the description (chat template when the model has one).
 
-    ``title`` None leaves the title line empty: the negative prompt of title guidance.
+    ``blank_title`` leaves the title line empty (``title`` unused): title guidance's negative prompt.
     """
-    title = "" if title is None else clean_title(title)
+    title = "" if blank_title else clean_title(title)
     ctx = _context_block(context)
     if getattr(tokenizer, "chat_template", None):
         user = f"{INSTRUCTION}\n\n{ctx}Title: {title}"

@@ -76,6 +76,9 @@ class EvalConfig:
     """What the two repetition rules look at: output (the generated tokens) or all (prompt too)."""
     ground_penalty: float = DECODING.ground_penalty
     """Logit penalty on mid-sentence name/number starts the prompt lacks, the same for every system (0 = off)."""
+    guidance: float = DECODING.guidance
+    """Title guidance scale for every model system (0 = off): each token's log-probability plus this
+    times its gain from the title over the same prompt without it (context-aware decoding)."""
     batch_size: int = 16
     """Prompts per generation batch (also the checkpoint granularity)."""
     k: int = 3
@@ -109,6 +112,8 @@ class EvalConfig:
             raise ValueError("limit must be at least 1 (or empty for the whole test split)")
         if not self.ground_penalty >= 0:
             raise ValueError("ground_penalty may not be negative")
+        if not self.guidance >= 0:
+            raise ValueError("guidance may not be negative")
         if self.bootstrap < 0:
             raise ValueError("bootstrap may not be negative")
         if self.seen_limit < 0 or self.samples < 0:
@@ -258,7 +263,8 @@ def _fingerprint(cfg: EvalConfig, gen: Any, model_id: str, adapter: str | None, 
         "rag": system.endswith("+rag"), "max_new_tokens": cfg.max_new_tokens, "prompt": _sha(probe),
         "decoding": [cfg.repetition_penalty, cfg.no_repeat_ngram_size]
         + ([] if cfg.penalty_scope == "all" else [cfg.penalty_scope])  # old caches were scope "all"
-        + ([cfg.ground_penalty] if cfg.ground_penalty else []),
+        + ([cfg.ground_penalty] if cfg.ground_penalty else [])
+        + ([f"guidance {cfg.guidance}"] if cfg.guidance else []),
         "bf16": bool(getattr(gen, "bf16", False)),  # autocast changes greedy outputs
     })
 
@@ -342,7 +348,9 @@ def run_system(
                             repetition_penalty=cfg.repetition_penalty,
                             no_repeat_ngram_size=cfg.no_repeat_ngram_size, penalty_scope=cfg.penalty_scope,
                             use_adapter=use_adapter, batch_size=cfg.batch_size,
-                            **({"ground_penalty": cfg.ground_penalty} if cfg.ground_penalty else {}))
+                            **({"ground_penalty": cfg.ground_penalty} if cfg.ground_penalty else {}),
+                            **({"guidance": cfg.guidance, "negative_prompts": [gen.negative_prompt(c) for c in ctx]}
+                               if cfg.guidance else {}))
         scores = (gen.score(prompts, [it["content"] for it in batch], use_adapter=use_adapter, batch_size=cfg.batch_size)
                   if score else [(None, None)] * len(batch))
         recs = []
@@ -520,7 +528,10 @@ def _notes(cfg: EvalConfig, skipped: dict[str, str], model_id: str, source: str)
              f"for every system (as ask and the app), at most {cfg.max_new_tokens} new "
              f"tokens; test: {source}."
              + (f" Names and numbers the prompt lacks are lowered by {cfg.ground_penalty} logits mid-sentence "
-                "(ground_penalty), for every system." if cfg.ground_penalty else "")]
+                "(ground_penalty), for every system." if cfg.ground_penalty else "")
+             + (f" Title guidance {cfg.guidance} for every model system: each token's log-probability plus "
+                f"{cfg.guidance} x its gain over the same prompt without the title (perplexity stays unguided)."
+                if cfg.guidance else "")]
     notes += [f"System {s} skipped: {why}." for s, why in skipped.items()]
     notes += [
         "Perplexity: exp(total NLL / total tokens) of the reference description (plus end token) after each system's prompt.",

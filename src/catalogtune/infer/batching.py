@@ -121,8 +121,9 @@ def _left_pad(t: Any, width: int, dim: int) -> Any:
     return torch.cat([torch.zeros(shape, dtype=t.dtype, device=t.device), t], dim=dim)
 
 
-Feed = Callable[[int], Sequence[tuple[list[int], int]]]
-"""``feed(free)``: at most ``free`` new (prompt ids, max new tokens) to join a running batch."""
+Feed = Callable[[int], Sequence[tuple]]
+"""``feed(free)``: at most ``free`` new (prompt ids, max new tokens) to join a running batch, each
+with its negative prompt's ids third when the decoding is guided."""
 
 
 class _Side:
@@ -218,7 +219,7 @@ def generate(net: Any, prompts: Sequence[list[int]], *, batch_size: int, max_new
 
     ``negatives`` (one per prompt) with ``guidance`` > 0: each row also runs its negative prompt
     (the same prompt without the title) in a second cache fed the same tokens, and chooses by
-    ``guide`` (two forward passes per step). Not with ``feed``.
+    ``guide`` (two forward passes per step); fed prompts then carry their negative third.
     """
     import torch
 
@@ -229,8 +230,9 @@ def generate(net: Any, prompts: Sequence[list[int]], *, batch_size: int, max_new
     rules_ = _Rules(vocab, rules[0], rules[1], ground_vocab, ground_penalty)
     prompts = list(prompts)
     guided = bool(guidance) and negatives is not None
-    if guided and (feed is not None or len(negatives) != len(prompts)):  # type: ignore[arg-type]
-        raise ValueError("negatives: one per prompt, and no feed")
+    negatives = list(negatives or [])
+    if guided and len(negatives) != len(prompts):
+        raise ValueError("negatives: one per prompt")
     limits = [max_new_tokens] * len(prompts)
     results: list[Row | None] = [None] * len(prompts)
     waiting = list(range(len(prompts)))
@@ -276,7 +278,11 @@ def generate(net: Any, prompts: Sequence[list[int]], *, batch_size: int, max_new
         free = batch_size - len(active) - len(waiting)
         if feed is None or free <= 0:
             return
-        for ids, limit in feed(free):
+        for ids, limit, *neg in feed(free):
+            if guided:
+                if not neg:
+                    raise ValueError("a guided batch needs each fed prompt's negative")
+                negatives.append(list(neg[0]))
             waiting.append(len(prompts))
             prompts.append(list(ids))
             limits.append(int(limit))
@@ -291,7 +297,7 @@ def generate(net: Any, prompts: Sequence[list[int]], *, batch_size: int, max_new
             waiting = waiting[len(take):]
             logits = [sides[0].prefill(net, [prompts[i] for i in take], pad_id)]
             if guided:
-                logits.append(sides[1].prefill(net, [negatives[i] for i in take], pad_id))  # type: ignore[index]
+                logits.append(sides[1].prefill(net, [negatives[i] for i in take], pad_id))
             offset = len(active)
             active = active + take
             rules_.add(sides[0].last_ids)

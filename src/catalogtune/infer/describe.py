@@ -221,7 +221,9 @@ def settings_of(cfg: DescribeConfig, base: str) -> dict[str, Any]:
         "run": str(run) if run else None, "adapter_sha256": adapter.hexdigest() if run else None,
         "index": index, "k": cfg.k,
         "rag": cfg.rag, "only_missing": cfg.only_missing, "chunk": cfg.chunk, "backend": cfg.backend,
-        "decoding": DECODING.kwargs(max_new_tokens=cfg.max_new_tokens),
+        # vLLM has no title guidance: say so rather than record a setting it did not use
+        "decoding": DECODING.kwargs(max_new_tokens=cfg.max_new_tokens,
+                                    **({"guidance": 0.0} if cfg.backend == "vllm" else {})),
     }
 
 

@@ -52,7 +52,7 @@ class VllmEngine:
     Same prompts as the torch engine (token ids, the same left cap), ``temperature=0``, the same
     ``max_tokens``, repetition penalty and stop tokens. Differences that vLLM's ``SamplingParams``
     imposes: its repetition penalty counts the prompt's tokens too (DECODING's ``penalty_scope``
-    "output" cannot be expressed), and it has no no-repeat n-gram rule, so outputs differ from
+    "output" cannot be expressed), and it has no no-repeat n-gram rule and no title guidance, so outputs differ from
     the torch engine's.
     """
 

@@ -80,6 +80,19 @@ def _check_texts(name: str, items: Any) -> list[str]:
     return list(items)
 
 
+def _left_padded(rows: Sequence[list[int]], pad: int) -> tuple[Any, Any]:
+    """(ids, attention mask) of ``rows`` left-padded to the longest."""
+    import torch
+
+    width = max(len(ids) for ids in rows)
+    ids_t = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for r, ids in enumerate(rows):
+        ids_t[r, width - len(ids):] = torch.tensor(ids)
+        mask[r, width - len(ids):] = 1
+    return ids_t, mask
+
+
 class Generator:
     """A loaded model + tokenizer that generates and scores catalogue descriptions."""
 
@@ -110,6 +123,8 @@ class Generator:
         self._add_special = not bool(getattr(tokenizer, "chat_template", None))
         max_pos = getattr(getattr(model, "config", None), "max_position_embeddings", None) or 4096
         self.max_positions = int(max_pos)
+        # prompt text -> the references it was built with, for title guidance's negative prompts
+        self._built: dict[str, tuple[dict, ...]] = {}
 
     # --- construction -------------------------------------------------------------------
 
@@ -152,18 +167,31 @@ class Generator:
         """Token ids of ``text`` the way the model sees a prompt."""
         return list(self.tok(text, add_special_tokens=self._add_special)["input_ids"])
 
-    def prompt(self, title: str | None, context: Sequence[dict] | None = None) -> str:
+    def prompt(self, title: str, context: Sequence[dict] | None = None) -> str:
         """The prompt for ``title``; retrieved records are dropped from the end until it fits the cap."""
-        ctx = list(context or [])
-        while True:
-            text = prompt_mod.build_prompt(self.tok, title, context=ctx or None)
-            if not ctx or len(self.encode(text)) <= MAX_PROMPT_TOKENS:
-                return text
-            ctx.pop()
+        text, ctx = self._fit(title, context, False)
+        if len(self._built) >= 4096:
+            self._built.clear()
+        self._built[text] = tuple(ctx)
+        return text
 
     def negative_prompt(self, context: Sequence[dict] | None = None) -> str:
         """The prompt guidance contrasts with: the same layout and references, no title."""
-        return self.prompt(None, context)
+        return self._fit("", context, True)[0]
+
+    def _fit(self, title: str, context: Sequence[dict] | None, blank: bool) -> tuple[str, list[dict]]:
+        ctx = list(context or [])
+        while True:
+            text = prompt_mod.build_prompt(self.tok, title, context=ctx or None, blank_title=blank)
+            if not ctx or len(self.encode(text)) <= MAX_PROMPT_TOKENS:
+                return text, ctx
+            ctx.pop()
+
+    def negatives_for(self, prompts: Sequence[str]) -> list[str]:
+        """Each prompt's negative prompt, for prompts built by ``prompt`` (its references kept, the
+        title dropped); any other text (a raw /v1/completions prompt) is its own negative: it has no
+        title to contrast with, and guidance only puts its scores on the log-probability scale."""
+        return [self.negative_prompt(list(self._built[p])) if p in self._built else p for p in prompts]
 
     def _prompt_cap(self, max_new_tokens: int) -> int:
         return max(1, min(MAX_PROMPT_TOKENS, self.max_positions - max_new_tokens))
@@ -239,12 +267,10 @@ class Generator:
             raise CatalogtuneError(f"penalty_scope must be one of {', '.join(PENALTY_SCOPES)}, not {penalty_scope!r}")
         if not guidance >= 0:
             raise CatalogtuneError(f"guidance must be >= 0, not {guidance}")
-        if guidance and (negative_prompts is None or len(negative_prompts) != len(prompts)):
+        if guidance and negative_prompts is not None and len(negative_prompts) != len(prompts):
             raise CatalogtuneError("guidance needs one negative prompt per prompt")
-        if guidance and not (self.continuous and not do_sample and penalty_scope == "output"
-                             and self._can_join_rows()):
-            raise CatalogtuneError("guidance needs greedy decoding with output-only repetition rules "
-                                   "on a model whose rows can be batched")
+        if guidance and negative_prompts is None:
+            negative_prompts = self.negatives_for(prompts)
         if not prompts:
             return []
         cap = self._prompt_cap(max_new_tokens)
@@ -254,6 +280,7 @@ class Generator:
             if not ids:
                 raise CatalogtuneError(f"prompt {i} is empty")
             encoded.append(ids[-cap:])  # left truncation keeps the title and the answer cue
+        neg_ids = [self.encode(p)[-cap:] for p in _check_texts("negative_prompts", negative_prompts)] if guidance else []
         output_only = penalty_scope == "output"
         gen_cfg = self._generation_config(max_new_tokens, do_sample, temperature, top_p,
                                           1.0 if output_only else repetition_penalty,
@@ -264,10 +291,7 @@ class Generator:
         results: list[Generation | None] = [None] * len(encoded)
         if self.continuous and not do_sample and output_only and self._can_join_rows():
             t0 = time.perf_counter()
-            negatives = None
-            if guidance:
-                neg = [self.encode(p)[-cap:] for p in _check_texts("negative_prompts", negative_prompts)]
-                negatives = [neg[i] for i in order]
+            negatives = [neg_ids[i] for i in order] if guidance else None
             rows = self._generate_continuous([encoded[i] for i in order], max_new_tokens, batch_size, use_adapter,
                                              rules, ground_penalty, negatives, guidance)
             share = (time.perf_counter() - t0) / len(order)
@@ -279,7 +303,8 @@ class Generator:
             t0 = time.perf_counter()
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed + b)  # reproducible sampling without touching the caller's RNG
-                rows = self._generate_batch([encoded[i] for i in idx], gen_cfg, use_adapter, rules, ground_penalty)
+                rows = self._generate_batch([encoded[i] for i in idx], gen_cfg, use_adapter, rules, ground_penalty,
+                                            [neg_ids[i] for i in idx] if guidance else None, guidance)
             share = (time.perf_counter() - t0) / len(idx)
             for i, (ids, stopped) in zip(idx, rows):
                 results[i] = Generation(self._decode(ids), len(ids), share, stopped, ids, len(encoded[i]))
@@ -302,24 +327,30 @@ class Generator:
         return GenerationConfig(**kw)
 
     def _generate_batch(self, batch: list[list[int]], gen_cfg: Any, use_adapter: bool,
-                        rules: tuple[float, int] = (1.0, 0), ground_penalty: float = 0.0) -> list[tuple[list[int], str]]:
+                        rules: tuple[float, int] = (1.0, 0), ground_penalty: float = 0.0,
+                        negatives: list[list[int]] | None = None, guidance: float = 0.0) -> list[tuple[list[int], str]]:
         """Left-pad ``batch``, decode with the KV cache; (ids before the stop token, reason) per row.
 
         ``rules`` (repetition penalty, no-repeat n-gram size) apply to the generated tokens only.
+        ``negatives`` with ``guidance``: title guidance by transformers' classifier-free guidance
+        processor (its scale is 1 + ``guidance``), first of the processors.
         """
         import torch
 
-        width = max(len(ids) for ids in batch)
         pad = self.tok.pad_token_id
-        input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for r, ids in enumerate(batch):
-            input_ids[r, width - len(ids):] = torch.tensor(ids)
-            mask[r, width - len(ids):] = 1
+        input_ids, mask = _left_padded(batch, pad)
+        width = input_ids.shape[1]
         with torch.inference_mode(), self._adapter(use_adapter) as net, self._autocast():
+            procs = self._processors(width, rules, ground_penalty)
+            if guidance and negatives is not None:
+                from transformers.generation.logits_process import UnbatchedClassifierFreeGuidanceLogitsProcessor
+
+                neg, neg_mask = _left_padded(negatives, pad)
+                procs.insert(0, UnbatchedClassifierFreeGuidanceLogitsProcessor(
+                    1.0 + guidance, net, neg.to(self.device), neg_mask.to(self.device)))
             out = net.generate(
                 input_ids=input_ids.to(self.device), attention_mask=mask.to(self.device), generation_config=gen_cfg,
-                logits_processor=self._processors(width, rules, ground_penalty),
+                logits_processor=procs,
             )
         new = out[:, width:].tolist()
         stops = set(self.stop_ids)
@@ -367,7 +398,8 @@ class Generator:
     def generate_live(self, feed: Callable[[int], Sequence[tuple[Any, str, int]]],
                       on_done: Callable[[Any, Generation], None], *, batch_size: int = 16, use_adapter: bool = True,
                       repetition_penalty: float = 1.0, no_repeat_ngram_size: int = 0,
-                      ground_penalty: float = 0.0, on_text: Callable[[Any, str], None] | None = None) -> int:
+                      ground_penalty: float = 0.0, on_text: Callable[[Any, str], None] | None = None,
+                      guidance: float = 0.0) -> int:
         """Continuous batching over prompts that keep arriving: a server's requests join the running batch.
 
         ``feed(free)`` returns at most ``free`` new ``(key, prompt, max_new_tokens)`` (an empty list when
@@ -376,7 +408,8 @@ class Generator:
         tokens as ``generate`` gives the prompt alone. ``on_text(key, piece)`` streams each prompt's
         text as it grows: the pieces join to the start of the final text (trailing whitespace and
         an unfinished multi-byte character are held back until they are followed by more). Returns
-        once nothing is running or fed; the number of prompts generated.
+        once nothing is running or fed; the number of prompts generated. ``guidance``: title guidance
+        as in ``generate`` (each prompt's negative from ``negatives_for``).
         """
         import torch
 
@@ -388,14 +421,15 @@ class Generator:
         keys: list[Any] = []
         meta: list[tuple[int, float]] = []  # (prompt tokens, admission time)
 
-        def pull(free: int) -> list[tuple[list[int], int]]:
+        def pull(free: int) -> list[tuple]:
             out = []
             for key, text, limit in feed(free):
                 limit = min(_check_int("max_new_tokens", limit, 1), MAX_NEW_TOKENS)
-                ids = self.encode(_check_texts("prompts", [text])[0])[-self._prompt_cap(limit):]
+                cap = self._prompt_cap(limit)
+                ids = self.encode(_check_texts("prompts", [text])[0])[-cap:]
                 keys.append(key)
                 meta.append((len(ids), time.perf_counter()))
-                out.append((ids, limit))
+                out.append((ids, limit, self.encode(self.negatives_for([text])[0])[-cap:]) if guidance else (ids, limit))
             return out
 
         streams: dict[int, tuple[list[int], list[str]]] = {}  # prompt -> (ids so far, [text sent])
@@ -418,7 +452,8 @@ class Generator:
             rows = batching.generate(net, [], batch_size=batch_size, max_new_tokens=1, pad_id=self.tok.pad_token_id,
                                      stop_ids=self.stop_ids, rules=(repetition_penalty, no_repeat_ngram_size),
                                      ground_vocab=vocab, ground_penalty=ground_penalty, device=self.device,
-                                     feed=pull, on_done=done, on_token=token if on_text is not None else None)
+                                     feed=pull, on_done=done, on_token=token if on_text is not None else None,
+                                     negatives=[] if guidance else None, guidance=guidance)
         return len(rows)
 
     def _stream_text(self, ids: list[int]) -> str:

@@ -52,6 +52,7 @@ class Settings:
     repetition_penalty: float = DECODING.repetition_penalty
     no_repeat_ngram_size: int = DECODING.no_repeat_ngram_size
     seed: int = 0
+    guidance: float = DECODING.guidance
 
 
 @dataclass
@@ -247,7 +248,8 @@ class Batcher:
         try:
             self.gen.generate_live(admit, finished, batch_size=self.max_batch, use_adapter=key.use_adapter,
                                    repetition_penalty=key.repetition_penalty,
-                                   no_repeat_ngram_size=key.no_repeat_ngram_size, on_text=piece)
+                                   no_repeat_ngram_size=key.no_repeat_ngram_size, on_text=piece,
+                                   guidance=key.guidance)
         except Exception as exc:  # noqa: BLE001 - the worker must survive
             if not isinstance(exc, CatalogtuneError):
                 traceback.print_exc(file=sys.stderr)

