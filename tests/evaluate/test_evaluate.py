@@ -201,6 +201,11 @@ def test_base_results_are_reused_once_the_adapter_exists(tmp_path, data_dir, mon
     res = evaluate.run(_cfg(tmp_path, data_dir, max_new_tokens=8, ground_penalty=2.0), log=lambda m: None)
     assert gen4.generated == 20 and gen4.decoding["ground_penalty"] == 2.0
     assert "ground_penalty" in res.report["notes"][0]
+    gen5 = FakeGenerator()  # and the title guidance: another scale is another set of outputs
+    _patch(monkeypatch, gen5)
+    res = evaluate.run(_cfg(tmp_path, data_dir, max_new_tokens=8, ground_penalty=2.0, guidance=1.5), log=lambda m: None)
+    assert gen5.generated == 20 and gen5.decoding["guidance"] == 1.5
+    assert "Title guidance 1.5" in res.report["notes"][0]
 
 
 def test_raw_test_file_is_cleaned_and_evaluated_without_seen(tmp_path, trn_head_path, monkeypatch):

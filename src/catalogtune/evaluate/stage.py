@@ -349,8 +349,7 @@ def run_system(
                             no_repeat_ngram_size=cfg.no_repeat_ngram_size, penalty_scope=cfg.penalty_scope,
                             use_adapter=use_adapter, batch_size=cfg.batch_size,
                             **({"ground_penalty": cfg.ground_penalty} if cfg.ground_penalty else {}),
-                            **({"guidance": cfg.guidance, "negative_prompts": [gen.negative_prompt(c) for c in ctx]}
-                               if cfg.guidance else {}))
+                            **({"guidance": cfg.guidance} if cfg.guidance else {}))  # negatives: gen.negatives_for
         scores = (gen.score(prompts, [it["content"] for it in batch], use_adapter=use_adapter, batch_size=cfg.batch_size)
                   if score else [(None, None)] * len(batch))
         recs = []
