@@ -121,6 +121,19 @@ def _left_pad(t: Any, width: int, dim: int) -> Any:
     return torch.cat([torch.zeros(shape, dtype=t.dtype, device=t.device), t], dim=dim)
 
 
+def left_padded(rows: Sequence[list[int]], pad: int) -> tuple[Any, Any]:
+    """(ids, attention mask) of ``rows`` left-padded to the longest."""
+    import torch
+
+    width = max(len(ids) for ids in rows)
+    ids_t = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for r, ids in enumerate(rows):
+        ids_t[r, width - len(ids):] = torch.tensor(ids)
+        mask[r, width - len(ids):] = 1
+    return ids_t, mask
+
+
 Feed = Callable[[int], Sequence[tuple]]
 """``feed(free)``: at most ``free`` new (prompt ids, max new tokens) to join a running batch, each
 with its negative prompt's ids third when the decoding is guided."""
@@ -139,12 +152,7 @@ class _Side:
         import torch
         from transformers.cache_utils import DynamicCache
 
-        width = max(len(r) for r in rows)
-        ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-        m = torch.zeros((len(rows), width), dtype=torch.long)
-        for r, row in enumerate(rows):
-            ids[r, width - len(row):] = torch.tensor(row)
-            m[r, width - len(row):] = 1
+        ids, m = left_padded(rows, pad_id)
         pos = (m.cumsum(-1) - 1).masked_fill(m == 0, 0)
         new_cache = DynamicCache(config=net.config)
         out = net(input_ids=ids.to(self.device), attention_mask=m.to(self.device), position_ids=pos.to(self.device),

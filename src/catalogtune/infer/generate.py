@@ -80,19 +80,6 @@ def _check_texts(name: str, items: Any) -> list[str]:
     return list(items)
 
 
-def _left_padded(rows: Sequence[list[int]], pad: int) -> tuple[Any, Any]:
-    """(ids, attention mask) of ``rows`` left-padded to the longest."""
-    import torch
-
-    width = max(len(ids) for ids in rows)
-    ids_t = torch.full((len(rows), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for r, ids in enumerate(rows):
-        ids_t[r, width - len(ids):] = torch.tensor(ids)
-        mask[r, width - len(ids):] = 1
-    return ids_t, mask
-
-
 class Generator:
     """A loaded model + tokenizer that generates and scores catalogue descriptions."""
 
@@ -338,14 +325,16 @@ class Generator:
         import torch
 
         pad = self.tok.pad_token_id
-        input_ids, mask = _left_padded(batch, pad)
+        from catalogtune.infer.batching import left_padded
+
+        input_ids, mask = left_padded(batch, pad)
         width = input_ids.shape[1]
         with torch.inference_mode(), self._adapter(use_adapter) as net, self._autocast():
             procs = self._processors(width, rules, ground_penalty)
             if guidance and negatives is not None:
                 from transformers.generation.logits_process import UnbatchedClassifierFreeGuidanceLogitsProcessor
 
-                neg, neg_mask = _left_padded(negatives, pad)
+                neg, neg_mask = left_padded(negatives, pad)
                 procs.insert(0, UnbatchedClassifierFreeGuidanceLogitsProcessor(
                     1.0 + guidance, net, neg.to(self.device), neg_mask.to(self.device)))
             out = net.generate(
