@@ -333,3 +333,14 @@ def test_val_split_can_be_evaluated_for_tuning(tmp_path, data_dir, monkeypatch):
     assert {r["id"] for r in rep["records"]["test"]} == {"v1", "v2"} and "val split" in rep["test_source"]
     with pytest.raises(ValueError, match="split must be test or val"):
         _cfg(tmp_path, data_dir, split="train")
+
+
+def test_plan_never_prints_a_negative_remainder():
+    """A cached record whose references changed is regenerated though the up-front count missed it."""
+    from catalogtune.evaluate.stage import Plan
+
+    lines: list[str] = []
+    plan = Plan(todo=0, cached=120, systems=1, max_new_tokens=128, log=lines.append)
+    assert lines == []  # nothing to generate was announced
+    plan.first_batch("test base_rag", 1, 6.7, left=1)
+    assert "; 1 left in all -> about 7 s" in lines[-1]

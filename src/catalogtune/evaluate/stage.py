@@ -295,7 +295,9 @@ class Plan:
 
         per = seconds / max(1, n_batch)
         self.info["probes"].append({"cache": name, "s_per_description": round(per, 3), "left": left})
-        rest = self.todo - self.done
+        # the up-front count sees record keys only: a record whose retrieved references changed
+        # since it was cached is regenerated too, so never print fewer left than this system has
+        rest = max(self.todo - self.done, left)
         self.log(f"evaluate plan: {name}: first {n_batch} in {seconds:.1f} s ({per:.2f} s each) -> about "
                  f"{_minutes(per * left)} for its {left:,}; {rest:,} left in all -> about {_minutes(per * rest)} "
                  f"at this rate; peak memory {peak_rss_mb():,.0f} MB")
