@@ -147,8 +147,9 @@ class _Side:
         self.cache: Any = None
         self.mask: Any = None
 
-    def prefill(self, net: Any, rows: Sequence[list[int]], pad_id: int) -> Any:
-        """Prefill ``rows`` (left-padded together) and append them to the batch; their last logits."""
+    def prefill(self, net: Any, rows: Sequence[list[int]], pad_id: int) -> tuple[Any, Any]:
+        """Prefill ``rows`` (left-padded together) and append them to the batch; (their last logits,
+        the left-padded ids)."""
         import torch
         from transformers.cache_utils import DynamicCache
 
@@ -166,8 +167,7 @@ class _Side:
                 old.keys = torch.cat([_left_pad(old.keys, t_all, 2), _left_pad(new.keys, t_all, 2)])
                 old.values = torch.cat([_left_pad(old.values, t_all, 2), _left_pad(new.values, t_all, 2)])
             self.mask = torch.cat([_left_pad(self.mask, t_all, 1), _left_pad(m, t_all, 1)])
-        self.last_ids = ids
-        return out.logits[:, -1, :]
+        return out.logits[:, -1, :], ids
 
     def step(self, net: Any, pending: Any) -> Any:
         """Feed each row its pending token; the next logits."""
@@ -237,7 +237,7 @@ def generate(net: Any, prompts: Sequence[list[int]], *, batch_size: int, max_new
     vocab = int(net.config.get_text_config(decoder=True).vocab_size)
     rules_ = _Rules(vocab, rules[0], rules[1], ground_vocab, ground_penalty)
     prompts = list(prompts)
-    guided = bool(guidance) and negatives is not None
+    guided = bool(guidance)
     negatives = list(negatives or [])
     if guided and len(negatives) != len(prompts):
         raise ValueError("negatives: one per prompt")
@@ -303,12 +303,11 @@ def generate(net: Any, prompts: Sequence[list[int]], *, batch_size: int, max_new
         if waiting and (not active or batch_size - len(active) >= min(join_at, len(waiting))):
             take = waiting[: batch_size - len(active)]
             waiting = waiting[len(take):]
-            logits = [sides[0].prefill(net, [prompts[i] for i in take], pad_id)]
-            if guided:
-                logits.append(sides[1].prefill(net, [negatives[i] for i in take], pad_id))
+            first, ids = sides[0].prefill(net, [prompts[i] for i in take], pad_id)
+            logits = [first] + ([sides[1].prefill(net, [negatives[i] for i in take], pad_id)[0]] if guided else [])
             offset = len(active)
             active = active + take
-            rules_.add(sides[0].last_ids)
+            rules_.add(ids)
             tokens = choose(logits, slice(offset, offset + len(take)))
             new_pending = torch.tensor(tokens, dtype=torch.long, device=device)
             pending = new_pending if pending is None else torch.cat([pending, new_pending])

@@ -234,9 +234,9 @@ class Generator:
         Over the prompt they forbid the model to repeat the title or copy a retrieved record's
         3-grams (an author's name, a series title): the answer cannot use what it was given.
         ``ground_penalty`` > 0 lowers the logits of mid-sentence name and number starts that the
-        row's prompt lacks (``core.decoding.GroundedNames``). ``guidance`` > 0 with one negative
-        prompt per prompt (``negative_prompt``: the same prompt without the title) decodes by
-        ``batching.guide`` (greedy, output-only rules, models whose rows can be batched).
+        row's prompt lacks (``core.decoding.GroundedNames``). ``guidance`` > 0 decodes by
+        ``batching.guide`` against one negative prompt per prompt (default ``negatives_for``: the
+        same prompt without the title); the static path uses transformers' guidance processor.
         """
         import torch
 
@@ -442,7 +442,7 @@ class Generator:
                                      stop_ids=self.stop_ids, rules=(repetition_penalty, no_repeat_ngram_size),
                                      ground_vocab=vocab, ground_penalty=ground_penalty, device=self.device,
                                      feed=pull, on_done=done, on_token=token if on_text is not None else None,
-                                     negatives=[] if guidance else None, guidance=guidance)
+                                     guidance=guidance)
         return len(rows)
 
     def _stream_text(self, ids: list[int]) -> str:
