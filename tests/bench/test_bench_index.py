@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 
 from catalogtune.bench import BENCHES
 from catalogtune.bench import index as bi
@@ -33,3 +34,15 @@ def test_bench_index_prints_both_paths_quality_and_projection(tmp_path, capsys):
     proj = fig["projection"]
     assert proj["records"] == bi.REAL_RECORDS and proj["ours_2_cores_h"] <= proj["ours_1_thread_h"]
     assert isinstance(proj["meets_target"], bool) and "OMP_NUM_THREADS" in fig["threads"]
+
+
+def test_bench_index_title_recipe_embeds_shorter_texts_and_reports_recall_only(tmp_path, capsys):
+    argv = ["--records", "400", "--embed-sample", "100", "--embedder", "hash-384", "--anchor", "hash-384",
+            "--queries", "20", "--text", "title", "--workdir", str(tmp_path / "w")]
+    assert bi.main(argv) == 0
+    emb = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["embedding"]
+    assert emb["ours"]["text"] == "title" and emb["ours"]["mean_chars"] < emb["mean_chars"]
+    # other texts than the anchor's: no vector agreement to report, and its neighbours differ
+    assert "cosine_min" not in emb["quality"] and emb["quality"]["recall_at_10"] < 1.0
+    with pytest.raises(ValueError, match="title\\+content, title"):
+        bi.IndexBenchConfig(text="content")

@@ -133,6 +133,34 @@ def test_other_data_or_embedder_is_refused_then_rebuild_replaces(data_dir, tmp_p
     assert rag.Index.open(out, data=other).count() == 30
 
 
+def test_title_recipe_embeds_titles_only_and_is_never_mixed(data_dir, tmp_path):
+    recs, _ = rag.valid_records(rag.read_train(data_dir))
+    probes = [r for r in recs if r["title"] and r["content"]][:3]
+    scores = {}
+    for text in ("title+content", "title"):
+        out = tmp_path / text
+        rag.run(_cfg(data_dir, out, text=text))
+        man = json.loads((out / rag.MANIFEST).read_text())
+        assert man["text_recipe"] == rag.TEXT_RECIPES[text]
+        hits = rag.Index.open(out).query([r["title"] for r in probes], k=1)
+        if text == "title":  # the stored document is still the description
+            assert [(h[0]["id"], h[0]["content"]) for h in hits] == [(r["id"], r["content"]) for r in probes]
+        scores[text] = [h[0]["score"] for h in hits]
+    # a title query meets its own record's vector exactly only when titles alone were embedded
+    assert min(scores["title"]) > 0.999 and max(scores["title+content"]) < 0.999
+    with pytest.raises(CatalogtuneError, match="text recipe 'title'.*--rebuild"):
+        rag.run(_cfg(data_dir, tmp_path / "title"))
+    res = rag.run(_cfg(data_dir, tmp_path / "title", rebuild=True))
+    assert res.added == 120 and json.loads((tmp_path / "title" / rag.MANIFEST).read_text())["text_recipe"] != "title"
+    with pytest.raises(ValueError, match="text must be one of title\\+content, title"):
+        _cfg(data_dir, tmp_path / "x", text="content")
+    # the plan names the faster recipe when a title+content build would take long, and only then
+    emb = get_embedder("hash")
+    assert "--text title" in rag.plan_line(10**6, 10**6, emb, 0.01, 0.001)
+    assert "--text title" not in rag.plan_line(10**6, 10**6, emb, 0.01, 0.001, "title")
+    assert "--text title" not in rag.plan_line(1000, 1000, emb, 0.01, 0.001)
+
+
 def test_bad_queries_and_stored_injection(data_dir, tmp_path):
     out = tmp_path / "idx"
     rag.run(_cfg(data_dir, out))
