@@ -72,10 +72,9 @@ class IndexBenchConfig:
             raise ValueError("records >= 10, embed_sample >= 0, queries >= 1 and 1 <= k <= 100 are required")
         if self.cores < 1:
             raise ValueError("cores must be at least 1")
-        from catalogtune.rag.index import TEXT_RECIPES
+        from catalogtune.rag.index import text_recipe
 
-        if self.text not in TEXT_RECIPES:
-            raise ValueError(f"text must be one of {', '.join(TEXT_RECIPES)}, not {self.text!r}")
+        text_recipe(self.text)
         if self.workdir is not None:
             self.workdir = Path(self.workdir)
 

@@ -53,6 +53,14 @@ record by title + content had a description closer to the real one (MiniLM cosin
 title only (0.357; -0.044 [-0.092, +0.003]); embedding titles only is about 10x faster."""
 TEXT_RECIPE = TEXT_RECIPES["title+content"]
 """The default recipe."""
+
+
+def text_recipe(text: str) -> str:
+    """The manifest recipe of the ``--text`` choice ``text``; ValueError naming the choices."""
+    if text not in TEXT_RECIPES:
+        raise ValueError(f"text must be one of {', '.join(TEXT_RECIPES)}, not {text!r}")
+    return TEXT_RECIPES[text]
+
 STORE_TITLE_CHARS = 1000
 """Titles are stored up to this length (the longest real title has 1,999 characters)."""
 STORE_CONTENT_CHARS = 2000
@@ -132,8 +140,7 @@ class IndexConfig:
             raise ValueError("hnsw_m must be >= 2 and the ef values >= 1")
         if self.limit is not None and self.limit < 1:
             raise ValueError("limit must be at least 1")
-        if self.text not in TEXT_RECIPES:
-            raise ValueError(f"text must be one of {', '.join(TEXT_RECIPES)}, not {self.text!r}")
+        text_recipe(self.text)
 
 
 @dataclass
