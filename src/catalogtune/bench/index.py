@@ -152,7 +152,7 @@ def embedding_figures(cfg: IndexBenchConfig, recs: list[dict]) -> dict:
         q_ref = q_ref / np.maximum(np.linalg.norm(q_ref, axis=1, keepdims=True), 1e-12)
         out["quality"] = {f"recall_at_{cfg.k}": round(recall_at_k(q_ref, ref, q_new, new, cfg.k), 4),
                           "queries": len(titles)}
-        if cfg.text == "title+content":  # the same texts: the vectors themselves must agree
+        if ours_texts == texts:  # the same texts: the vectors themselves must agree
             cos = np.sum(ref * new, axis=1)
             out["quality"].update(cosine_min=round(float(cos.min()), 6), cosine_mean=round(float(cos.mean()), 6))
     return out

@@ -51,15 +51,9 @@ TEXT_RECIPES = {"title+content": f"title. content[:{EMBED_CONTENT_CHARS}]", "tit
 queried only with its own recipe). On the shared records' validation titles (n = 69) the nearest
 record by title + content had a description closer to the real one (MiniLM cosine 0.401) than by
 title only (0.357; -0.044 [-0.092, +0.003]); embedding titles only is about 10x faster."""
-TEXT_RECIPE = TEXT_RECIPES["title+content"]
-"""The default recipe."""
-
-
-def text_recipe(text: str) -> str:
-    """The manifest recipe of the ``--text`` choice ``text``; ValueError naming the choices."""
-    if text not in TEXT_RECIPES:
-        raise ValueError(f"text must be one of {', '.join(TEXT_RECIPES)}, not {text!r}")
-    return TEXT_RECIPES[text]
+DEFAULT_TEXT = "title+content"
+"""The default ``--text`` choice."""
+TEXT_RECIPE = TEXT_RECIPES[DEFAULT_TEXT]
 
 STORE_TITLE_CHARS = 1000
 """Titles are stored up to this length (the longest real title has 1,999 characters)."""
@@ -102,7 +96,7 @@ class IndexConfig:
     """Prepared data folder (its train split is indexed)."""
     out: Path
     """Index folder (ChromaDB files and index.json)."""
-    text: str = "title+content"
+    text: str = DEFAULT_TEXT
     """What is embedded for each record: title+content (the title and the start of the
     description; the better references) or title (about 10x faster to embed: for a catalogue too
     large for the time at hand; the stored documents are the same)."""
@@ -224,7 +218,14 @@ def valid_records(rows: list[dict], seen: set[str] | None = None) -> tuple[list[
     return out, len(rows) - len(out)
 
 
-def embed_text(rec: dict, text: str = "title+content") -> str:
+def text_recipe(text: str) -> str:
+    """The manifest recipe of the ``--text`` choice ``text``; ValueError naming the choices."""
+    if text not in TEXT_RECIPES:
+        raise ValueError(f"text must be one of {', '.join(TEXT_RECIPES)}, not {text!r}")
+    return TEXT_RECIPES[text]
+
+
+def embed_text(rec: dict, text: str = DEFAULT_TEXT) -> str:
     """The text embedded for a record under the recipe ``text`` (``TEXT_RECIPES``):
     "title. content[:EMBED_CONTENT_CHARS]", or the title alone (the content when it has none)."""
     title, content = rec["title"], rec["content"][:EMBED_CONTENT_CHARS]
@@ -453,7 +454,7 @@ def run(cfg: IndexConfig) -> IndexResult:
     out.mkdir(parents=True, exist_ok=True)
     want = {
         "format": FORMAT, "embedder": emb.name, "space": emb.space, "dim": emb.dim,
-        "text_recipe": TEXT_RECIPES[cfg.text],
+        "text_recipe": text_recipe(cfg.text),
         "collection": cfg.collection, "data": str(cfg.data), "data_fingerprint": found.fingerprint,
         "records": found.records, "limit": cfg.limit,
         "hnsw": hnsw_settings(cfg.hnsw_m, cfg.hnsw_ef_construction, cfg.hnsw_ef_search)["hnsw"],
@@ -535,7 +536,7 @@ def _fill(col: Any, stream: Iterator[tuple[list[dict], int]], total: int, emb: E
     return added, skipped
 
 
-def plan(col: Any, found: Scan, emb: Embedder, batch: int, text: str = "title+content") -> int:
+def plan(col: Any, found: Scan, emb: Embedder, batch: int, text: str = DEFAULT_TEXT) -> int:
     """Time a probe (the first records embedded and stored), print the plan line; records it added.
 
     The probe's records stay in the index, so the build does not repeat them.
@@ -565,7 +566,7 @@ LONG_BUILD_S = 2 * 3600
 
 
 def plan_line(records: int, left: int, emb: Embedder, embed_s: float, store_s: float | None,
-              text: str = "title+content") -> str:
+              text: str = DEFAULT_TEXT) -> str:
     """One stderr line: what the build will do, how long and how much memory it should take."""
     wall = left * (embed_s + (store_s or 0.0))
     h, rem = divmod(int(wall), 3600)
@@ -576,7 +577,7 @@ def plan_line(records: int, left: int, emb: Embedder, embed_s: float, store_s: f
     return (f"index plan: {records:,} records, {left:,} to embed and store ({emb.name}); the probe embedded "
             f"{1 / embed_s:,.1f} records/s{stored} -> about {took}, peak memory about {peak_gb:.1f} GB"
             + ("; --text title embeds about 10x faster (somewhat weaker references)"
-               if text != "title" and wall > LONG_BUILD_S else ""))
+               if text == DEFAULT_TEXT and wall > LONG_BUILD_S else ""))
 
 
 # --- querying -------------------------------------------------------------------------------
