@@ -214,3 +214,36 @@ def test_title_guidance_refuses_what_it_cannot_do(gens, prompts):
     kw = {"max_new_tokens": 6, "repetition_penalty": 1.0, "no_repeat_ngram_size": 0}
     assert cont.generate([raw], guidance=2.0, **kw)[0].token_ids == cont.generate([raw], **kw)[0].token_ids
 
+
+
+@pytest.mark.parametrize("spare", [1, 3])
+def test_kv_cache_spare_room_grows_and_keeps_outputs(gens, prompts, early_stop, monkeypatch, spare):
+    """Decode steps write into the cache's spare room; when it fills (every ``spare`` steps here),
+    the buffer is copied into a larger one, and rows leaving and joining copy it too: the tokens
+    stay the static path's."""
+    cont, static = gens
+    kw = {"repetition_penalty": 1.2, "no_repeat_ngram_size": 3}
+    early_stop(**kw)
+    monkeypatch.setattr(batching._SpareLayer, "SPARE", spare)
+    a = cont.generate(prompts, max_new_tokens=24, batch_size=3, **kw)
+    b = static.generate(prompts, max_new_tokens=24, batch_size=3, **kw)
+    assert [g.token_ids for g in a] == [g.token_ids for g in b]
+    assert len({g.new_tokens for g in a}) > 1
+
+
+def test_kv_cache_layer_writes_in_place_and_views_only_the_filled_part():
+    import torch
+    from transformers.cache_utils import DynamicLayer
+
+    layer = batching._SpareLayer.make(DynamicLayer)()
+    k0, v0 = torch.randn(2, 3, 5, 4), torch.randn(2, 3, 5, 4)
+    keys, values = layer.update(k0, v0)
+    assert torch.equal(keys, k0) and torch.equal(values, v0) and layer.get_seq_length() == 5
+    buf = layer.__dict__["_keys"]
+    assert buf.shape[2] == 5 + batching._SpareLayer.SPARE
+    k1, v1 = torch.randn(2, 3, 1, 4), torch.randn(2, 3, 1, 4)
+    keys, values = layer.update(k1, v1)
+    assert layer.__dict__["_keys"] is buf  # written in place, no new buffer
+    assert torch.equal(keys, torch.cat([k0, k1], 2)) and torch.equal(values, torch.cat([v0, v1], 2))
+    layer.batch_select_indices(torch.tensor([1]))
+    assert torch.equal(layer.keys, torch.cat([k0, k1], 2)[1:]) and layer.values.shape == (1, 3, 6, 4)

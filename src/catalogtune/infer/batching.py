@@ -17,6 +17,7 @@ layer (gemma3's sliding-window layers) keep the static path.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, Sequence
 
 Row = tuple[list[int], str]
@@ -110,6 +111,68 @@ class _Rules:
                 self.grams[offset + r].setdefault(tuple(g[-self.n:-1]), set()).add(g[-1])
 
 
+class _SpareLayer:
+    """A ``DynamicLayer`` whose keys and values live in a buffer with spare room along the sequence.
+
+    ``DynamicLayer.update`` concatenates each new token onto the whole cache, copying every
+    layer's keys and values at every decode step (about a fifth of a decode step of smollm2-135m
+    at batch 16 and 240 cached tokens, measured with the torch profiler). Here a step writes into
+    the spare room and ``keys``/``values`` are views of the filled part; the buffer grows by
+    ``SPARE`` positions when full. Assigning ``keys``/``values`` (a join, a row leaving, a trimmed
+    lead) copies the tensor into a fresh buffer, so the batching code below treats it as a plain layer.
+    """
+
+    SPARE = 64
+
+    @staticmethod
+    @functools.lru_cache(maxsize=None)
+    def make(layer_type: type) -> type:
+        """The subclass of ``layer_type`` (transformers' ``DynamicLayer``) with a spare-room buffer."""
+
+        class Spare(layer_type):  # type: ignore[misc, valid-type]
+            def _get(self, name: str) -> Any:
+                buf = self.__dict__.get("_" + name)
+                return buf if buf is None or buf.dim() != 4 else buf[:, :, : self.__dict__["_n" + name]]
+
+            def _set(self, name: str, t: Any) -> None:
+                import torch
+
+                if t is None or t.dim() != 4:
+                    self.__dict__["_" + name], self.__dict__["_n" + name] = t, 0
+                    return
+                shape = list(t.shape)
+                shape[2] += _SpareLayer.SPARE
+                buf = torch.empty(shape, dtype=t.dtype, device=t.device)
+                buf[:, :, : t.shape[2]] = t
+                self.__dict__["_" + name], self.__dict__["_n" + name] = buf, t.shape[2]
+
+            keys = property(lambda self: self._get("keys"), lambda self, t: self._set("keys", t))
+            values = property(lambda self: self._get("values"), lambda self, t: self._set("values", t))
+
+            def update(self, key_states: Any, value_states: Any, *args: Any, **kwargs: Any) -> tuple[Any, Any]:
+                kb, vb = self.__dict__.get("_keys"), self.__dict__.get("_values")
+                n, q = self.__dict__.get("_nkeys", 0), key_states.shape[2]
+                if kb is None or kb.dim() != 4 or n + q > kb.shape[2] or kb.shape[0] != key_states.shape[0]:
+                    return super().update(key_states, value_states, *args, **kwargs)  # cat, then a new buffer
+                kb[:, :, n: n + q] = key_states
+                vb[:, :, n: n + q] = value_states
+                self.__dict__["_nkeys"] = self.__dict__["_nvalues"] = n + q
+                return self.keys, self.values
+
+        Spare.__name__ = Spare.__qualname__ = "Spare" + layer_type.__name__
+        return Spare
+
+
+def _spare_cache(config: Any) -> Any:
+    """A ``DynamicCache`` whose layers write new tokens into spare room (``_SpareLayer``)."""
+    from transformers.cache_utils import DynamicCache, DynamicLayer
+
+    cache = DynamicCache(config=config)
+    spare = _SpareLayer.make(DynamicLayer)
+    cache.layers = [spare() for _ in cache.layers]
+    return cache
+
+
 def _left_pad(t: Any, width: int, dim: int) -> Any:
     import torch
 
@@ -151,11 +214,10 @@ class _Side:
         """Prefill ``rows`` (left-padded together) and append them to the batch; (their last logits,
         the left-padded ids)."""
         import torch
-        from transformers.cache_utils import DynamicCache
 
         ids, m = left_padded(rows, pad_id)
         pos = (m.cumsum(-1) - 1).masked_fill(m == 0, 0)
-        new_cache = DynamicCache(config=net.config)
+        new_cache = _spare_cache(net.config)
         out = net(input_ids=ids.to(self.device), attention_mask=m.to(self.device), position_ids=pos.to(self.device),
                   past_key_values=new_cache, use_cache=True, logits_to_keep=1)
         m = m.to(self.device)
