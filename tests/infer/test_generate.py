@@ -267,3 +267,28 @@ def test_smollm2_generates_and_scores():
     assert all(o.text and "<|im_end|>" not in o.text and 0 < o.new_tokens <= 12 for o in out)
     (nll, n), = g.score(prompts[:1], ["A pink tutu for little ballerinas."])
     assert n > 5 and math.isfinite(nll) and 0 < nll / n < 10
+
+
+@pytest.mark.parametrize("use_adapter", [True, False])
+@pytest.mark.parametrize("continuous", [True, False])
+def test_bf16_generation_copy_equals_autocast_over_fp32_weights(run_dir, prompts, monkeypatch, use_adapter,
+                                                                 continuous):
+    """Under bf16 autocast, generation runs a copy whose linear weights are already bf16 (no
+    re-cast each step): the same tokens as autocast over the fp32 weights, base and fine-tuned;
+    scoring still runs the fp32 model."""
+    import torch
+
+    kw = {"max_new_tokens": 12, "batch_size": 2, "use_adapter": use_adapter,
+          "repetition_penalty": 1.2, "no_repeat_ngram_size": 3}
+    fast = G.Generator.from_run(run_dir, bf16=True, continuous=continuous)
+    a = fast.generate(prompts[:4], **kw)
+    role = "merged" if use_adapter else "base"
+    net = fast._bf16_nets[role]
+    assert net.get_output_embeddings().weight.dtype == torch.bfloat16
+    assert net.get_input_embeddings().weight.dtype == torch.float32
+    assert all(p.dtype == torch.float32 for p in fast.model.parameters())  # the scored model is untouched
+    slow = G.Generator.from_run(run_dir, bf16=True, continuous=continuous)
+    monkeypatch.setattr(slow, "_gen_net", slow._adapter)
+    b = slow.generate(prompts[:4], **kw)
+    assert not slow._bf16_nets
+    assert [o.token_ids for o in a] == [o.token_ids for o in b]
