@@ -120,6 +120,9 @@ class _SpareLayer:
     the spare room and ``keys``/``values`` are views of the filled part; the buffer grows by
     ``SPARE`` positions when full. Assigning ``keys``/``values`` (a join, a row leaving, a trimmed
     lead) copies the tensor into a fresh buffer, so the batching code below treats it as a plain layer.
+    Under autocast the buffer holds the autocast dtype: the rotary embedding hands over fp32 keys,
+    which attention cast to bf16 again at every step, the whole cache each time (another quarter
+    of a bf16 decode step); stored cast once, attention reads the same values.
     """
 
     SPARE = 64
@@ -142,7 +145,10 @@ class _SpareLayer:
                     return
                 shape = list(t.shape)
                 shape[2] += _SpareLayer.SPARE
-                buf = torch.empty(shape, dtype=t.dtype, device=t.device)
+                dtype = t.dtype
+                if t.is_floating_point() and torch.is_autocast_enabled(t.device.type):
+                    dtype = torch.get_autocast_dtype(t.device.type)  # what attention would cast it to
+                buf = torch.empty(shape, dtype=dtype, device=t.device)
                 buf[:, :, : t.shape[2]] = t
                 self.__dict__["_" + name], self.__dict__["_n" + name] = buf, t.shape[2]
 
