@@ -278,11 +278,11 @@ def roofline(gen: Any, batch: int, measured_tok_s: float, prompt_tokens: float =
 
     from catalogtune.bench.ceiling import matmul_ceiling_tflops
 
-    with gen._adapter(True) as net:  # the module fine-tuned outputs come from (merged when there is an adapter)
+    with gen._gen_net(True) as net:  # the module fine-tuned outputs come from (merged; bf16 linears under bf16)
         linear = [m.weight for m in net.modules() if isinstance(m, torch.nn.Linear)]
     weights = sum(w.numel() for w in linear)
     dtype = "bfloat16" if gen.bf16 else "float32"
-    bytes_per_step = sum(w.numel() * w.element_size() for w in linear)  # as stored (autocast reads fp32)
+    bytes_per_step = sum(w.numel() * w.element_size() for w in linear)  # as generation stores them
     bw = memory_bandwidth_gb_s()
     tflops = matmul_ceiling_tflops(n=1024, dtype=dtype)
     step_s = max(bytes_per_step / (bw * 1e9), 2.0 * weights * batch / (tflops * 1e12))
