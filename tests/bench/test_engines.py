@@ -25,7 +25,10 @@ def test_bench_engines_greedy_agreement_and_fields(tiny_model_dir, sample_path, 
     assert torch.get_num_threads() == threads  # the bench gives the process-wide setting back
     assert res["prompts"] == 6 and res["threads"] == 1 and res["mean_prompt_tokens"] > 60  # RAG-length prompts
     rows = {(e["engine"], e.get("compute_type"), e.get("decoding")): e for e in res["engines"]}
-    for key in [("catalogtune", "float32", "project"), ("catalogtune", "float32", "greedy"),
+    from catalogtune.infer.generate import bf16_supported
+
+    ours = "bfloat16-autocast" if bf16_supported() else "float32"  # the project engine as it runs here
+    for key in [("catalogtune", ours, "project"), ("catalogtune", ours, "greedy"),
                 ("ctranslate2", "float32", "project"), ("ctranslate2", "float32", "greedy"),
                 ("ctranslate2", "int8", "project"), ("ctranslate2", "int8", "greedy"),
                 ("ctranslate2", "float32", "exact-scope")]:
@@ -36,8 +39,10 @@ def test_bench_engines_greedy_agreement_and_fields(tiny_model_dir, sample_path, 
             assert 0 <= e["same_text_as_project"] <= 1 and e["conversion_s"] is not None
     # pure greedy in float32 on both engines: the conversion is right when the texts agree
     greedy = rows[("ctranslate2", "float32", "greedy")]
-    assert greedy["compared_with"] == "catalogtune/float32/greedy"
-    assert greedy["same_text_rows"] >= 5 and res["greedy_float32_same_text"] == greedy["same_text_as_project"]
+    assert greedy["compared_with"] == f"catalogtune/{ours}/greedy"
+    assert res["greedy_float32_same_text"] == greedy["same_text_as_project"]
+    if ours == "float32":  # bf16 rounding may turn a greedy choice on a bf16 CPU
+        assert greedy["same_text_rows"] >= 5
     # one prompt per call, CT2's penalty window is the output only: the project's rule, the same texts
     assert rows[("ctranslate2", "float32", "exact-scope")]["same_text_rows"] >= 5
     llama = next(e for e in res["engines"] if e["engine"] == "llama.cpp")
