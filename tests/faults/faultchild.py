@@ -8,6 +8,8 @@ Faults are armed through the environment, so the command line stays the CLI's ow
 - ``CT_FAULT_FAKE_EVAL=SECONDS``: ``evaluate`` uses a deterministic fake generator that sleeps
   SECONDS per batch (no model load), like tests/evaluate's.
 - ``CT_FAULT_WORKERS=1``: ``prepare`` uses its worker processes even for a small input.
+- ``CT_FAULT_SLOW_AT="module:attr:SECONDS"``: sleep SECONDS before each call of ``module.attr``
+  (holds a lock long enough for a second process to meet it, however fast the machine).
 """
 
 from __future__ import annotations
@@ -40,6 +42,19 @@ def arm_kill(spec: str) -> None:
         if calls[0] == n:
             os.kill(os.getpid(), signal.SIGKILL)
         return out
+
+    setattr(owner, attr, wrapper)
+
+
+def arm_slow(spec: str) -> None:
+    """Wrap ``module.attr`` so that each call starts SECONDS late."""
+    mod_name, attr, seconds = spec.split(":")
+    owner = importlib.import_module(mod_name)
+    real = getattr(owner, attr)
+
+    def wrapper(*args, **kwargs):
+        time.sleep(float(seconds))
+        return real(*args, **kwargs)
 
     setattr(owner, attr, wrapper)
 
@@ -77,6 +92,8 @@ def main() -> int:
 
         gen = FakeGenerator(float(os.environ["CT_FAULT_FAKE_EVAL"]))
         stage._open_generator = lambda cfg: (gen, "fake-model", "fake-adapter" if cfg.run is not None else None)
+    if os.environ.get("CT_FAULT_SLOW_AT"):
+        arm_slow(os.environ["CT_FAULT_SLOW_AT"])
     if os.environ.get("CT_FAULT_KILL_AT"):
         arm_kill(os.environ["CT_FAULT_KILL_AT"])
     from catalogtune import cli

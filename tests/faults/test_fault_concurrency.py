@@ -17,7 +17,9 @@ from faultlib import (assert_one_line_error, eval_args, eval_reference, eval_rep
 def test_second_prepare_on_one_folder_is_refused(raw_big, tmp_path):
     out = tmp_path / "out"
     args = ["prepare", str(raw_big), "--out", str(out), "--chunk-mb", "0.02"]
-    first = spawn(args, tmp_path / "1.err", {"CT_FAULT_WORKERS": "1"})
+    # the first holds its lock 4 s longer: on a fast CPU the 3,000 records take well under a second
+    first = spawn(args, tmp_path / "1.err", {"CT_FAULT_WORKERS": "1",
+                                             "CT_FAULT_SLOW_AT": "catalogtune.data.prepare:_write:4"})
     wait_for(lambda: (tmp_path / ".out.lock").exists() and (tmp_path / ".out.lock").stat().st_size, child=first)
     second = spawn(args, tmp_path / "2.err")
     assert_one_line_error(second, "prepare", f"the output folder {out} is in use", f"(pid {first.pid})")
