@@ -22,15 +22,20 @@ import time
 from types import SimpleNamespace
 
 
+def _target(mod_name: str, attr: str) -> tuple[object, str]:
+    """(the object holding ``attr``, its last name): "ParquetWriter.write_table" is a method."""
+    owner = importlib.import_module(mod_name)
+    *path, attr = attr.split(".")
+    for name in path:
+        owner = getattr(owner, name)
+    return owner, attr
+
+
 def arm_kill(spec: str) -> None:
     """Wrap ``module.attr`` so that its N-th call ends this process with SIGKILL."""
     parts = spec.split(":")
-    mod_name, attr, n = parts[0], parts[1], int(parts[2])
-    before = len(parts) > 3 and parts[3] == "before"
-    owner = importlib.import_module(mod_name)
-    *path, attr = attr.split(".")  # "ParquetWriter.write_table": a method
-    for name in path:
-        owner = getattr(owner, name)
+    n, before = int(parts[2]), len(parts) > 3 and parts[3] == "before"
+    owner, attr = _target(parts[0], parts[1])
     real = getattr(owner, attr)
     calls = [0]
 
@@ -49,7 +54,7 @@ def arm_kill(spec: str) -> None:
 def arm_slow(spec: str) -> None:
     """Wrap ``module.attr`` so that each call starts SECONDS late."""
     mod_name, attr, seconds = spec.split(":")
-    owner = importlib.import_module(mod_name)
+    owner, attr = _target(mod_name, attr)
     real = getattr(owner, attr)
 
     def wrapper(*args, **kwargs):

@@ -217,10 +217,9 @@ class Generator:
 
             if role == "base":
                 net = copy.deepcopy(self.model).unload()  # the base model, LoRA layers removed unmerged
-            elif role == "merged":
-                net = copy.deepcopy(self.merged())
             else:
-                net = copy.deepcopy(self.model)
+                with self._adapter(use_adapter) as src:  # the merged copy, or the model as is
+                    net = copy.deepcopy(src)
             self._bf16_nets[role] = _bf16_linears(net.eval())
         yield self._bf16_nets[role]
 
