@@ -8,6 +8,7 @@ import pytest
 
 from catalogtune import cli
 from catalogtune.bench import generate as BG
+from catalogtune.core.decoding import DECODING
 from catalogtune.core.util import CatalogtuneError
 
 
@@ -36,13 +37,16 @@ def test_bench_generate_json_line(tiny_model_dir, sample_path, capsys):
     # evaluate's settings by default: references in the prompt, the project's repetition rules
     assert res["settings"] == "evaluate" and res["decoding"]["no_repeat_ngram_size"] == 3
     assert res["mean_prompt_tokens"] > 60
-    # the roofline: weights read once per step, 2 FLOPs per weight per row, whichever is slower...
+    # ... and evaluate's title guidance on both paths (the anchor through transformers' processor)
+    assert res["guidance"] == DECODING.guidance > 0 and 0 < res["mean_negative_prompt_tokens"] < res["mean_prompt_tokens"]
+    # the roofline: weights read once per step, 2 FLOPs per weight per row (guidance: two rows each), whichever is slower...
     b, flop_s = res["batch_size"], res["matmul_ceiling_tflops"] * 1e12
-    step = max(res["weight_bytes_per_step"] / (res["memory_bandwidth_gb_s"] * 1e9), 2 * res["linear_weights"] * b / flop_s)
+    assert res["roofline_passes"] == 2
+    step = max(res["weight_bytes_per_step"] / (res["memory_bandwidth_gb_s"] * 1e9), 2 * res["linear_weights"] * b * 2 / flop_s)
     assert res["decode_only_roofline_tokens_per_s"] == pytest.approx(b / step, rel=0.01)
-    # ... after the prefill of each row's prompt, which the measured tokens/s include
+    # ... after the prefill of each row's prompt and its negative, which the measured tokens/s include
     new = res["new_tokens"] / res["prompts"]
-    prefill = 2 * res["linear_weights"] * b * res["mean_prompt_tokens"] / flop_s
+    prefill = 2 * res["linear_weights"] * b * (res["mean_prompt_tokens"] + res["mean_negative_prompt_tokens"]) / flop_s
     assert res["roofline_new_tokens_per_row"] == pytest.approx(new, abs=0.06)
     assert res["roofline_tokens_per_s"] == pytest.approx(b * new / (prefill + new * step), rel=0.02)
     assert res["roofline_tokens_per_s"] < res["decode_only_roofline_tokens_per_s"]
@@ -61,6 +65,7 @@ def test_bench_generate_plain_settings_with_a_run(tiny_model_dir, tmp_path, samp
     assert res["run"] == str(run) and res["settings"] == "plain" and "roofline_tokens_per_s" not in res
     # the merged copy (batched) and the adapter layers (anchor) give the same greedy texts
     assert res["same_text_as_anchor"] == 3 and res["decoding"]["repetition_penalty"] == 1.0
+    assert res["guidance"] == 0.0
     assert res["mean_prompt_tokens"] < 60
 
 
@@ -77,7 +82,7 @@ def test_titles_from_sample(sample_path, tmp_path):
 
 
 @pytest.mark.parametrize("opt", [["--prompts", "0"], ["--max-new-tokens", "5000"], ["--batch-size", "0"],
-                                 ["--settings", "fast"]])
+                                 ["--settings", "fast"], ["--guidance", "-1"]])
 def test_bad_options(opt, capsys):
     assert cli.main(["bench", "generate", *opt]) == 2
 

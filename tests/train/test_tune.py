@@ -105,7 +105,16 @@ def test_a_clearly_worse_trial_is_pruned_and_leaves_a_run_folder(setup, capsys):
     summary = json.loads((out / "trials" / "trial-002" / "summary.json").read_text())
     assert summary["stopped"] == "pruned" and summary["steps"] == 2
     assert (out / "trials" / "trial-002" / "adapter" / "adapter_config.json").is_file()
-    assert "Traceback" not in capsys.readouterr().err
+    printed = capsys.readouterr()
+    assert "Traceback" not in printed.err
+    # without pruning the third trial would have run its 4 remaining steps: a lower rate, printed beside the real one
+    report = json.loads((out / "trials.json").read_text())
+    pruned = report["trials"][2]
+    assert pruned["total_steps"] == 6 and pruned["steps"] == 2
+    assert 0 < report["trials_per_hour_unpruned"] < report["trials_per_hour"]
+    elapsed = 3 / report["trials_per_hour"] * 3600
+    assert elapsed + 2 * pruned["wall_s"] == pytest.approx(3 / report["trials_per_hour_unpruned"] * 3600, rel=1e-6)
+    assert "projected without it" in printed.out and "without pruning" in (out / "report.html").read_text()
 
 
 def test_prune_check_reports_each_validation_and_stops_the_loop():

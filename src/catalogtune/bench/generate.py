@@ -7,15 +7,20 @@ prompt at a time with the model as loaded (fp32; with ``--run``, the PEFT model 
 layers), measured in the same process, interleaved with the batched path batch by batch.
 
 ``--settings evaluate`` (the default) measures what ``evaluate`` does: the project's decoding
-(repetition penalty and no repeated 3-grams on the output, on both paths), RAG-length prompts
-(three other catalogue records as references) and, with ``--run``, the adapter on.
+(repetition penalty and no repeated 3-grams on the output, on both paths), title guidance at
+evaluate's scale (each token also scores the same prompt without the title: the batched path runs
+it in a second cache, the anchor through transformers' classifier-free guidance processor, which
+re-runs the negative prompt's cache beside ``generate``), RAG-length prompts (three other
+catalogue records as references) and, with ``--run``, the adapter on.
 ``--settings plain``: bare greedy decoding of bare title prompts.
 
 The roofline is the best the batched path could do at the batch used: a decode step must read
 every weight once (bytes / measured memory bandwidth) and do 2 FLOPs per weight per row (FLOPs /
 measured matmul ceiling in the dtype generation runs in), and before its first step each row's
 prompt costs 2 FLOPs per weight per prompt token (the prefill, which the measured tokens/s
-include); tokens/s <= batch x new tokens / (prefill time + new tokens x step time). The
+include); tokens/s <= batch x new tokens / (prefill time + new tokens x step time). Under title
+guidance every row is two rows (its prompt and its negative prompt) for the FLOPs and the
+prefill, while the weights are still read once per step at the limit. The
 decode-only limit is printed beside it. KV-cache reads and attention are left out, so the real
 limit is a little lower. The machine is shared, so
 CPU seconds are reported beside wall seconds.
@@ -64,6 +69,8 @@ class BenchGenerateConfig:
     """Measure memory bandwidth and the matmul ceiling and print the roofline at the batch used."""
     static: bool = True
     """Also time the static-batch path (continuous batching off: transformers' generate per batch)."""
+    guidance: float | None = None
+    """Title guidance scale on every path (default: evaluate's under --settings evaluate, 0 under plain)."""
 
     def __post_init__(self) -> None:
         for name in ("prompts", "max_new_tokens", "batch_size"):
@@ -75,6 +82,17 @@ class BenchGenerateConfig:
             raise ValueError("max_new_tokens must be <= 1024 (the generator's hard cap)")
         if self.settings not in ("evaluate", "plain"):
             raise ValueError("settings must be evaluate or plain")
+        if self.guidance is not None and not float(self.guidance) >= 0:
+            raise ValueError("guidance may not be negative")
+
+    @property
+    def guidance_scale(self) -> float:
+        """The guidance both paths decode with."""
+        from catalogtune.core.decoding import DECODING
+
+        if self.guidance is not None:
+            return float(self.guidance)
+        return float(DECODING.guidance) if self.settings == "evaluate" else 0.0
 
 
 @dataclass
@@ -121,12 +139,15 @@ def rag_contexts(records: list[dict], k: int = 3) -> list[list[dict]]:
 
 
 def _plain_generate(gen: Any, prompts: list[str], max_new_tokens: int, rules: tuple[float, int] = (1.0, 0),
-                    ) -> tuple[int, list[str]]:
+                    guidance: float = 0.0) -> tuple[int, list[str]]:
     """The anchor: ``model.generate`` on one prompt at a time, greedy, no batching, no autocast.
 
-    ``rules`` (repetition penalty, no-repeat n-gram size) on the output, as the batched path.
+    ``rules`` (repetition penalty, no-repeat n-gram size) on the output, as the batched path;
+    ``guidance``: transformers' classifier-free guidance processor (scale 1 + ``guidance``) on the
+    prompt's negative (``Generator.negatives_for``), first of the processors.
     """
     import torch
+    from transformers.generation.logits_process import UnbatchedClassifierFreeGuidanceLogitsProcessor
 
     from catalogtune.core.decoding import output_rules
 
@@ -134,11 +155,15 @@ def _plain_generate(gen: Any, prompts: list[str], max_new_tokens: int, rules: tu
     total, texts = 0, []
     for p in prompts:
         ids = torch.tensor([gen.encode(p)])
+        procs = output_rules(ids.shape[1], *rules)
+        if guidance:
+            neg = torch.tensor([gen.encode(gen.negatives_for([p])[0])])
+            procs.insert(0, UnbatchedClassifierFreeGuidanceLogitsProcessor(1.0 + guidance, gen.model, neg,
+                                                                           torch.ones_like(neg)))
         with torch.inference_mode():
             out = gen.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
                                      max_new_tokens=max_new_tokens, eos_token_id=gen.stop_ids,
-                                     pad_token_id=gen.tok.pad_token_id,
-                                     logits_processor=output_rules(ids.shape[1], *rules))
+                                     pad_token_id=gen.tok.pad_token_id, logits_processor=procs)
         new = out[0, ids.shape[1]:].tolist()
         cut = next((j for j, t in enumerate(new) if t in stops), len(new))
         total += cut
@@ -167,8 +192,10 @@ def run(cfg: BenchGenerateConfig) -> BenchGenerateResult:
         figures = _measure(gen, prompts, cfg)
         if cfg.roofline:
             new_per_row = figures["new_tokens"] / max(1, figures["prompts"])
+            guided = figures["guidance"] > 0
+            prefill = figures["mean_prompt_tokens"] + (figures["mean_negative_prompt_tokens"] if guided else 0.0)
             figures.update(roofline(gen, int(cfg.batch_size), figures["batched_tokens_per_s"],
-                                    prompt_tokens=figures["mean_prompt_tokens"], new_tokens=new_per_row))
+                                    prompt_tokens=prefill, new_tokens=new_per_row, passes=2 if guided else 1))
     figures.update(threads=threads, load_avg_1m=[round(load_before, 2), round(os.getloadavg()[0], 2)])
     return BenchGenerateResult(figures=figures)
 
@@ -178,10 +205,11 @@ def _measure(gen: Any, prompts: list[str], cfg: BenchGenerateConfig) -> dict[str
 
     mnt = int(cfg.max_new_tokens)
     rules = (DECODING.repetition_penalty, DECODING.no_repeat_ngram_size) if cfg.settings == "evaluate" else (1.0, 0)
-    kw = {"repetition_penalty": rules[0], "no_repeat_ngram_size": rules[1], "penalty_scope": "output"}
+    g = cfg.guidance_scale
+    kw = {"repetition_penalty": rules[0], "no_repeat_ngram_size": rules[1], "penalty_scope": "output", "guidance": g}
     # Warm both paths (allocator, oneDNN kernels) so neither pays first-call costs in the timing.
     gen.generate(prompts[:2], max_new_tokens=4, batch_size=2, **kw)
-    _plain_generate(gen, prompts[:1], 4, rules)
+    _plain_generate(gen, prompts[:1], 4, rules, g)
 
     # Interleave the paths chunk by chunk: on a shared machine the load drifts, and every path
     # should see the same drift. A chunk holds 4 batches, so continuous batching has waiting
@@ -202,21 +230,24 @@ def _measure(gen: Any, prompts: list[str], cfg: BenchGenerateConfig) -> dict[str
                 st, w, _ = _timed(partial(gen.generate, chunk, max_new_tokens=mnt, batch_size=bs, **kw))
             finally:
                 gen.continuous = continuous
-            st_tokens, st_wall = st_tokens + sum(g.new_tokens for g in st), st_wall + w
+            st_tokens, st_wall = st_tokens + sum(o.new_tokens for o in st), st_wall + w
             st_same += sum(a.token_ids == b.token_ids for a, b in zip(res, st))
-        (n, texts), w, c = _timed(partial(_plain_generate, gen, chunk, mnt, rules))
+        (n, texts), w, c = _timed(partial(_plain_generate, gen, chunk, mnt, rules, g))
         s_tokens, s_wall, s_cpu = s_tokens + n, s_wall + w, s_cpu + c
         s_texts += texts
         print(f"bench generate: {start + len(chunk)}/{len(prompts)} prompts "
               f"(batched {b_wall:.1f}s, one at a time {s_wall:.1f}s)", file=sys.stderr, flush=True)
-    b_tokens = sum(g.new_tokens for g in outs)
+    b_tokens = sum(o.new_tokens for o in outs)
     figures: dict[str, Any] = {
         "bench": "generate",
         "model": str(cfg.model),
         "run": str(cfg.run) if cfg.run is not None else None,
         "settings": cfg.settings,
         "decoding": {"repetition_penalty": rules[0], "no_repeat_ngram_size": rules[1], "penalty_scope": "output"},
-        "mean_prompt_tokens": round(sum(g.prompt_tokens for g in outs) / max(1, len(outs)), 1),
+        "guidance": g,
+        "mean_prompt_tokens": round(sum(o.prompt_tokens for o in outs) / max(1, len(outs)), 1),
+        "mean_negative_prompt_tokens": round(sum(len(gen.encode(n)) for n in gen.negatives_for(prompts))
+                                             / max(1, len(prompts)), 1),
         "prompts": len(prompts),
         "max_new_tokens": mnt,
         "batch_size": int(cfg.batch_size),
@@ -232,9 +263,9 @@ def _measure(gen: Any, prompts: list[str], cfg: BenchGenerateConfig) -> dict[str
         "batched_wall_s": round(b_wall, 2),
         "sequential_wall_s": round(s_wall, 2),
         "speedup_cpu_time": round((b_tokens / b_cpu) / (s_tokens / s_cpu), 2) if s_tokens and b_tokens else None,
-        "stopped_at_eos": sum(g.stopped == "eos" for g in outs),
+        "stopped_at_eos": sum(o.stopped == "eos" for o in outs),
         "continuous_batching": bool(gen.continuous and gen._can_join_rows()),
-        "same_text_as_anchor": sum(g.text == t for g, t in zip(outs, s_texts)),
+        "same_text_as_anchor": sum(o.text == t for o, t in zip(outs, s_texts)),
     }
     if cfg.static and st_wall:
         figures.update(static_batch_tokens_per_s=round(st_tokens / st_wall, 2), static_batch_wall_s=round(st_wall, 2),
@@ -242,7 +273,7 @@ def _measure(gen: Any, prompts: list[str], cfg: BenchGenerateConfig) -> dict[str
                        same_tokens_as_static=st_same)
     if cfg.same_precision_anchor:
         one, o_wall, _ = _timed(lambda: gen.generate(prompts, max_new_tokens=mnt, batch_size=1, **kw))
-        o_tokens = sum(g.new_tokens for g in one)
+        o_tokens = sum(o.new_tokens for o in one)
         figures["generator_bs1_tokens_per_s"] = round(o_tokens / o_wall, 2)
         figures["speedup_same_precision"] = round((b_tokens / b_wall) / (o_tokens / o_wall), 2) if o_tokens else None
     return figures
@@ -266,13 +297,14 @@ def memory_bandwidth_gb_s(mb: int = 256, trials: int = 5) -> float:
 
 
 def roofline(gen: Any, batch: int, measured_tok_s: float, prompt_tokens: float = 0.0,
-             new_tokens: float = 1.0) -> dict[str, Any]:
+             new_tokens: float = 1.0, passes: int = 1) -> dict[str, Any]:
     """The roofline at ``batch`` rows for ``gen``'s model, and the measured share of it.
 
     The measured tokens/s include the prefill of each row's ``prompt_tokens`` (2 FLOPs per weight
     per prompt token, at the matmul ceiling) before its ``new_tokens`` decode steps, so the limit
     does too: ``batch * new_tokens / (prefill time + new_tokens * step time)``. The decode-only
-    limit is given beside it.
+    limit is given beside it. ``passes`` 2 (title guidance): each step computes two rows per
+    output row and reads the weights once (``prompt_tokens`` then counts both prompts).
     """
     import torch
 
@@ -285,7 +317,7 @@ def roofline(gen: Any, batch: int, measured_tok_s: float, prompt_tokens: float =
     bytes_per_step = sum(w.numel() * w.element_size() for w in linear)  # as generation stores them
     bw = memory_bandwidth_gb_s()
     tflops = matmul_ceiling_tflops(n=1024, dtype=dtype)
-    step_s = max(bytes_per_step / (bw * 1e9), 2.0 * weights * batch / (tflops * 1e12))
+    step_s = max(bytes_per_step / (bw * 1e9), 2.0 * weights * batch * passes / (tflops * 1e12))
     decode_limit = batch / step_s
     prefill_s = 2.0 * weights * batch * prompt_tokens / (tflops * 1e12)
     new_tokens = max(new_tokens, 1e-9)
@@ -294,7 +326,8 @@ def roofline(gen: Any, batch: int, measured_tok_s: float, prompt_tokens: float =
             "decode_only_roofline_tokens_per_s": round(decode_limit, 1),
             "prefill_share_of_limit_time": round(prefill_s / (prefill_s + new_tokens * step_s), 3),
             "roofline_prompt_tokens": round(prompt_tokens, 1), "roofline_new_tokens_per_row": round(new_tokens, 1),
-            "roofline_bound": "memory" if bytes_per_step / (bw * 1e9) >= 2.0 * weights * batch / (tflops * 1e12) else "compute",
+            "roofline_passes": passes,
+            "roofline_bound": "memory" if bytes_per_step / (bw * 1e9) >= 2.0 * weights * batch * passes / (tflops * 1e12) else "compute",
             "memory_bandwidth_gb_s": round(bw, 2), "matmul_ceiling_tflops": round(tflops, 3),
             "ceiling_dtype": dtype, "linear_weights": weights, "weight_bytes_per_step": bytes_per_step}
 

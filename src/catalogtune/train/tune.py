@@ -126,6 +126,8 @@ class TuneResult:
     """Trials finished per hour in this invocation."""
     interrupted: bool = False
     """Ctrl-C/SIGTERM stopped the search (the reports were written all the same)."""
+    trials_per_hour_unpruned: float | None = None
+    """The same invocation's rate had its pruned trials run to the end (:func:`unpruned_rate`)."""
 
 
 # -- search space and trials -----------------------------------------------------------------
@@ -189,7 +191,7 @@ def objective(trial: Any, cfg: TuneConfig, base: dict[str, Any], space: dict[str
     except KeyboardInterrupt:  # before or after the loop's own signal handling
         trial.study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
         raise
-    for key in ("steps", "wall_s", "best_val_loss", "best_step"):
+    for key in ("steps", "total_steps", "wall_s", "best_val_loss", "best_step"):
         trial.set_user_attr(key, s.get(key))
     shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # adapter + summary stay; GBs over a search
     if check.pruned_at is not None:
@@ -350,9 +352,27 @@ def run(cfg: TuneConfig) -> TuneResult:
             hours = (time.time() - t0) / 3600
             study.set_user_attr("spent_s", spent + hours * 3600)
         rate = len(finished) / hours if finished and hours > 0 else None
-        best = write_reports(study, cfg, space, rate)
+        unpruned = unpruned_rate(study, finished, hours * 3600)
+        best = write_reports(study, cfg, space, rate, unpruned)
     counts = {s.name: len(study.get_trials(deepcopy=False, states=(s,))) for s in (*done_states, TrialState.FAIL)}
-    return TuneResult(cfg.out, best, counts, rate, flags["interrupted"])
+    return TuneResult(cfg.out, best, counts, rate, flags["interrupted"], unpruned)
+
+
+def unpruned_rate(study: Any, numbers: list[int], elapsed_s: float) -> float | None:
+    """Trials/hour this invocation would have reached without pruning: each pruned trial run to its end.
+
+    A pruned trial's training time is extended at its own measured pace to the steps it had
+    planned (``wall_s x total_steps / steps``); everything else (loading, the reports) is kept as
+    measured. None when no trial finished here.
+    """
+    if not numbers or elapsed_s <= 0:
+        return None
+    extra = 0.0
+    for t in study.get_trials(deepcopy=False):
+        a = t.user_attrs
+        if t.number in numbers and t.state.name == "PRUNED" and a.get("steps") and a.get("total_steps") and a.get("wall_s"):
+            extra += float(a["wall_s"]) * (int(a["total_steps"]) / int(a["steps"]) - 1.0)
+    return len(numbers) / ((elapsed_s + extra) / 3600)
 
 
 @contextlib.contextmanager
@@ -387,6 +407,8 @@ def main(argv: list[str]) -> int:
         raise CatalogtuneError("--out TUNE_DIR is required")
     res = run(config.from_namespace(TuneConfig, ns))
     rate = f"{res.trials_per_hour:.1f} trials/hour" if res.trials_per_hour else "no trial ran"
+    if res.trials_per_hour and res.trials_per_hour_unpruned:
+        rate += f" with pruning ({res.trials_per_hour_unpruned:.1f} projected without it)"
     best = (f"best trial {res.best['number']}: {res.best['value']:.6g} {res.best['params']}" if res.best
             else "no complete trial yet")
     print(f"{'interrupted; ' if res.interrupted else ''}{res.counts} in {res.out}; {rate}; {best}; "

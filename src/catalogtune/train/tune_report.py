@@ -26,7 +26,8 @@ def trial_rows(study: Any) -> list[dict[str, Any]]:
         if t.state.name in ("WAITING", "RUNNING"):
             continue
         rows.append({"number": t.number, "state": t.state.name, "value": t.value, "params": dict(t.params),
-                     "steps": t.user_attrs.get("steps"), "wall_s": t.user_attrs.get("wall_s"),
+                     "steps": t.user_attrs.get("steps"), "total_steps": t.user_attrs.get("total_steps"),
+                     "wall_s": t.user_attrs.get("wall_s"),
                      "best_val_loss": t.user_attrs.get("best_val_loss"),
                      "pruned_at": t.last_step if t.state.name == "PRUNED" else None,
                      "run_dir": f"trials/trial-{t.number:03d}"})
@@ -62,7 +63,8 @@ def write_best(study: Any, out: Path, n_trials: int) -> dict[str, Any] | None:
     return {"number": t.number, "value": t.value, "params": dict(t.params), "run_dir": str(run_dir), "config": preset}
 
 
-def write_reports(study: Any, cfg: Any, space: dict[str, tuple], rate: float | None) -> dict[str, Any] | None:
+def write_reports(study: Any, cfg: Any, space: dict[str, tuple], rate: float | None,
+                  unpruned: float | None = None) -> dict[str, Any] | None:
     """best.yaml, trials.csv/json, importances.json, history.png, params.png and report.html in OUT."""
     rows = trial_rows(study)
     best = write_best(study, cfg.out, len(rows))
@@ -75,10 +77,11 @@ def write_reports(study: Any, cfg: Any, space: dict[str, tuple], rate: float | N
     atomic_write_text(cfg.out / "trials.csv", buf.getvalue())
     imp = importances(study)
     atomic_write_json(cfg.out / "trials.json", {"objective": cfg.objective, "direction": study.direction.name.lower(),
-                                               "best": best, "trials_per_hour": rate, "trials": rows})
+                                               "best": best, "trials_per_hour": rate,
+                                               "trials_per_hour_unpruned": unpruned, "trials": rows})
     atomic_write_json(cfg.out / "importances.json", imp)
     plots = write_plots(cfg.out, rows, cfg.objective, [*imp, *(n for n in names if n not in imp)])
-    write_html(cfg.out / "report.html", cfg, rows, best, imp, plots, rate)
+    write_html(cfg.out / "report.html", cfg, rows, best, imp, plots, rate, unpruned)
     return best
 
 
@@ -134,13 +137,15 @@ def _save_png(fig: Any, path: Path) -> Path:
 
 
 def write_html(path: Path, cfg: Any, rows: list[dict], best: dict | None, imp: dict[str, float],
-               plots: list[tuple[Path, str]], rate: float | None) -> None:
+               plots: list[tuple[Path, str]], rate: float | None, unpruned: float | None = None) -> None:
     """report.html: summary, best recipe, importances, plots and the trials table (self-contained)."""
     from catalogtune.core import htmlreport as h
 
     states = {s: sum(r["state"] == s for r in rows) for s in ("COMPLETE", "PRUNED", "FAIL")}
     lines = [f"objective: {cfg.objective}; trials: " + ", ".join(f"{v} {k.lower()}" for k, v in states.items()),
              f"trials per hour (last invocation): {rate:.1f}" if rate else "trials per hour: -"]
+    if rate and unpruned:
+        lines.append(f"without pruning (pruned trials run to their planned steps at their own pace): {unpruned:.1f} trials per hour")
     if best:
         lines.append(f"best: trial {best['number']}, value {best['value']:.6g}; recipe in best.yaml")
     sections = [("Summary", "".join(h.paragraph(x) for x in lines))]
