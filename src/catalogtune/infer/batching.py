@@ -294,8 +294,10 @@ def generate(net: Any, prompts: Sequence[list[int]], *, batch_size: int, max_new
     the stop token), before its ``on_done``: a server streams from it.
 
     ``negatives`` (one per prompt) with ``guidance`` > 0: each row also runs its negative prompt
-    (the same prompt without the title) in a second cache fed the same tokens, and chooses by
-    ``guide`` (two forward passes per step); fed prompts then carry their negative third.
+    (the same prompt without the title), fed the same tokens, and chooses by ``guide``; fed prompts
+    then carry their negative third. A prompt and its negative are neighbouring rows of one cache
+    (rows 2i and 2i + 1), so a guided step is one forward pass over twice the rows: the weights
+    are read once per step, not once per side.
     """
     import torch
 
@@ -313,14 +315,13 @@ def generate(net: Any, prompts: Sequence[list[int]], *, batch_size: int, max_new
     results: list[Row | None] = [None] * len(prompts)
     waiting = list(range(len(prompts)))
     active: list[int] = []  # prompt index of each batch row
-    sides = [_Side(device)] + ([_Side(device)] if guided else [])
+    side = _Side(device)  # guided: cache rows 2i (prompt) and 2i + 1 (its negative) for batch row i
     pending: Any = None  # (rows,) the token each row generated and has not fed yet
 
     def finish(keep_rows: list[int]) -> None:
         nonlocal pending, active
         t = torch.tensor(keep_rows, dtype=torch.long, device=device) if keep_rows else None
-        for side in sides:
-            side.keep(t)
+        side.keep(None if t is None else torch.stack([2 * t, 2 * t + 1], 1).flatten() if guided else t)
         pending = pending[t] if keep_rows else None
         active = [active[i] for i in keep_rows]
         rules_.keep(keep_rows)
@@ -371,8 +372,12 @@ def generate(net: Any, prompts: Sequence[list[int]], *, batch_size: int, max_new
         if waiting and (not active or batch_size - len(active) >= min(join_at, len(waiting))):
             take = waiting[: batch_size - len(active)]
             waiting = waiting[len(take):]
-            first, ids = sides[0].prefill(net, [prompts[i] for i in take], pad_id)
-            logits = [first] + ([sides[1].prefill(net, [negatives[i] for i in take], pad_id)[0]] if guided else [])
+            if guided:
+                both, ids = side.prefill(net, [r for i in take for r in (prompts[i], negatives[i])], pad_id)
+                logits, ids = [both[0::2], both[1::2]], ids[0::2]
+            else:
+                first, ids = side.prefill(net, [prompts[i] for i in take], pad_id)
+                logits = [first]
             offset = len(active)
             active = active + take
             rules_.add(ids)
@@ -384,7 +389,11 @@ def generate(net: Any, prompts: Sequence[list[int]], *, batch_size: int, max_new
                 finish(go_on)
             continue
         # one decode step for every active row
-        tokens = choose([side.step(net, pending) for side in sides], slice(0, len(active)))
+        if guided:
+            both = side.step(net, pending.repeat_interleave(2))
+            tokens = choose([both[0::2], both[1::2]], slice(0, len(active)))
+        else:
+            tokens = choose([side.step(net, pending)], slice(0, len(active)))
         go_on = settle(tokens, 0)
         pending = torch.tensor(tokens, dtype=torch.long, device=device)
         if len(go_on) < len(active):
