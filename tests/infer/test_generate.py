@@ -287,6 +287,11 @@ def test_bf16_generation_copy_equals_autocast_over_fp32_weights(run_dir, prompts
     assert net.get_output_embeddings().weight.dtype == torch.bfloat16
     assert net.get_input_embeddings().weight.dtype == torch.float32
     assert all(p.dtype == torch.float32 for p in fast.model.parameters())  # the scored model is untouched
+    from catalogtune.train.cpu_kernels import pack_weight
+
+    if pack_weight(torch.zeros(2, 2, dtype=torch.bfloat16)) is not None:  # oneDNN packing in this torch build
+        linears = [m for m in net.modules() if isinstance(m, torch.nn.Linear)]
+        assert linears and all(hasattr(m, "_packed_weight") for m in linears)  # every layer runs its packed weight
     slow = G.Generator.from_run(run_dir, bf16=True, continuous=continuous)
     monkeypatch.setattr(slow, "_gen_net", slow._adapter)
     b = slow.generate(prompts[:4], **kw)

@@ -552,20 +552,43 @@ class Generator:
         return res
 
 
-def _bf16_linears(net: Any) -> Any:
+def _bf16_linears(net: Any, packed: bool = True) -> Any:
     """``net`` with every ``nn.Linear`` weight and bias stored in bf16 (in place); a tied output
-    layer gets its own copy first, so the input embeddings keep their dtype."""
+    layer gets its own copy first, so the input embeddings keep their dtype.
+
+    ``packed``: each layer also keeps its weight in oneDNN's blocked layout and multiplies with
+    it (the ``_linear_pointwise`` op inductor's CPU freezing uses), skipping the per-call reorder of
+    a plain weight: at decode sizes (16-32 rows) 1.2-1.8x faster per layer than ``F.linear`` on
+    bf16 weights (smollm2-135m's shapes, avx512_bf16 EPYC, 1 thread; the 49152-row output layer
+    12.4 -> 6.9 ms at 16 rows). The plain bf16 weight stays: the same values, for everything else.
+    """
     import torch
 
     emb, out = net.get_input_embeddings(), net.get_output_embeddings()
     if emb is not None and out is not None and out.weight is emb.weight:
         out.weight = torch.nn.Parameter(out.weight.detach().clone(), requires_grad=False)
+    import types
+
+    from catalogtune.train.cpu_kernels import pack_weight
+
     for m in net.modules():
         if isinstance(m, torch.nn.Linear):
             m.weight.data = m.weight.data.to(torch.bfloat16)
             if m.bias is not None:
                 m.bias.data = m.bias.data.to(torch.bfloat16)
+            if packed and (w := pack_weight(m.weight.data)) is not None:
+                m._packed_weight = w
+                m.forward = types.MethodType(_packed_forward, m)
     return net
+
+
+def _packed_forward(self: Any, x: Any) -> Any:
+    """``nn.Linear.forward`` on the layer's oneDNN-packed bf16 weight (``train.cpu_kernels.packed_linear``)."""
+    import torch
+
+    from catalogtune.train.cpu_kernels import packed_linear
+
+    return packed_linear(x if x.dtype == torch.bfloat16 else x.to(torch.bfloat16), self._packed_weight, self.bias)
 
 
 def base_model_of(run: Path) -> str:
