@@ -64,6 +64,12 @@ def test_search_resumes_after_a_kill_and_best_yaml_trains(setup, capsys):
 
     rows = json.loads((out / "trials.json").read_text())["trials"]
     assert [r["number"] for r in rows] == [0, 1, 2, 3] and rows[0]["steps"] == 4 and rows[0]["wall_s"] > 0
+    # the first trial measured the untrained model's validation loss; later ones reuse it, without the memory probe
+    first = json.loads((out / "trials" / "trial-000" / "summary.json").read_text())["initial_val_loss"]
+    later = config.load_yaml(out / "trials" / "trial-003" / "config.yaml")
+    assert config.load_yaml(out / "trials" / "trial-000" / "config.yaml")["initial_val_loss"] is None
+    assert later["initial_val_loss"] == first and later["memory_probe"] is False
+    assert json.loads((out / "trials" / "trial-003" / "summary.json").read_text())["initial_val_loss"] == first
     assert len((out / "trials.csv").read_text().splitlines()) == 5
     html = (out / "report.html").read_text()
     assert "Trials" in html and "data:image/png;base64" in html and (out / "history.png").is_file()
@@ -72,6 +78,7 @@ def test_search_resumes_after_a_kill_and_best_yaml_trains(setup, capsys):
         assert (run / "adapter" / "adapter_config.json").is_file() and (run / "summary.json").is_file()
         assert not (run / "checkpoints").exists()
 
+    assert "initial_val_loss" not in (out / "best.yaml").read_text()  # a retrain on other data measures its own
     cfg = config.build(TrainConfig, out / "best.yaml", data=data, out=out.parent / "retrain")
     best = json.loads((out / "trials.json").read_text())["best"]
     assert cfg.lr == best["params"]["lr"] and cfg.lora_alpha == 2 * cfg.lora_r

@@ -94,7 +94,7 @@ def remove_stale_temps(run_dir: Path) -> list[str]:
 
 RESUME_FREE = frozenset({
     "max_steps", "epochs", "patience", "eval_every", "save_every", "merge", "resume", "overwrite",
-    "memory_probe", "gradient_checkpointing", "out", "budget",
+    "memory_probe", "gradient_checkpointing", "out", "budget", "initial_val_loss",
 })
 """TrainConfig fields a resumed run may change: when to stop, validate and save, what to write at
 the end, and memory-only switches. Any other change (lr, LoRA shape, data, batch, seed...) would

@@ -399,7 +399,8 @@ class Loop:
             try:
                 self.progress("running")
                 if cfg.eval_every and st.initial_val_loss is None:
-                    st.initial_val_loss = self.evaluate()
+                    known = cfg.initial_val_loss
+                    st.initial_val_loss = self.evaluate() if known is None else float(known)
                     self.record_eval(st.initial_val_loss)
                     tb and tb.scalars(0, {"val/loss": st.initial_val_loss})
                 if cfg.memory_probe and st.step < self.total:

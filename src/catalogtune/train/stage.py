@@ -76,6 +76,10 @@ class TrainConfig:
     gradient_checkpointing: bool = False
     """Recompute activations in backward: less memory, about 30% slower (off on CPU)."""
     memory_probe: bool = True
+    initial_val_loss: float | None = None
+    """The untrained model's validation loss when it is already known (``tune`` passes the study's:
+    every trial starts from the same base model and validation records, and LoRA starts as a no-op),
+    so the step-0 validation is not run again; None: measure it."""
     """Run the longest micro-batch once (forward + backward, nothing updated) before the first step: a batch too big for memory fails in seconds."""
     max_length: int = 256
     """Tokens per example (prompt + description); longer descriptions are cut."""

@@ -143,9 +143,16 @@ def suggest(trial: Any, space: dict[str, tuple]) -> dict[str, Any]:
             for k, s in space.items()}
 
 
-def trial_config(base: dict[str, Any], params: dict[str, Any], data: Path, run_dir: Path) -> TrainConfig:
-    """The TrainConfig of one trial: base, then params; alpha = 2 x rank unless the base fixes alpha."""
-    values = {**base, **params}
+def trial_config(base: dict[str, Any], params: dict[str, Any], data: Path, run_dir: Path,
+                 initial_val_loss: float | None = None) -> TrainConfig:
+    """The TrainConfig of one trial: base, then params; alpha = 2 x rank unless the base fixes alpha.
+
+    Trials skip the memory probe (a trial too big for memory ends FAIL and the search goes on)
+    and, once the study knows it, the step-0 validation (``initial_val_loss``: the same base model
+    on the same validation records in every trial); together about 15 % of a 16-step trial of
+    smollm2-135m on 2 cores.
+    """
+    values = {**base, **params, "memory_probe": False, "initial_val_loss": initial_val_loss}
     if "target_modules" in params:
         values["target_modules"] = TARGETS[params["target_modules"]]
     if "lora_alpha" not in base:
@@ -184,7 +191,8 @@ def objective(trial: Any, cfg: TuneConfig, base: dict[str, Any], space: dict[str
     from catalogtune.train.stage import run as train
 
     run_dir = _run_dir(cfg.out, trial.number)
-    tcfg = trial_config(base, suggest(trial, space), cfg.data, run_dir)
+    known = trial.study.user_attrs.get("initial_val_loss")
+    tcfg = trial_config(base, suggest(trial, space), cfg.data, run_dir, known)
     check = PruneCheck(trial, 1.0 if cfg.objective == "val_loss" else -1.0)
     try:
         s = train(tcfg, callback=check).summary
@@ -193,6 +201,8 @@ def objective(trial: Any, cfg: TuneConfig, base: dict[str, Any], space: dict[str
         raise
     for key in ("steps", "total_steps", "wall_s", "best_val_loss", "best_step"):
         trial.set_user_attr(key, s.get(key))
+    if known is None and s.get("initial_val_loss") is not None:
+        trial.study.set_user_attr("initial_val_loss", float(s["initial_val_loss"]))
     shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # adapter + summary stay; GBs over a search
     if check.pruned_at is not None:
         atomic_write_json(run_dir / "summary.json", {**s, "stopped": "pruned"})

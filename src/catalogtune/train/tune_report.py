@@ -11,7 +11,7 @@ from typing import Any
 from catalogtune.core import config
 from catalogtune.core.util import atomic_write, atomic_write_json, atomic_write_text, require
 
-PER_TRIAL = ("data", "out", "resume", "overwrite")
+PER_TRIAL = ("data", "out", "resume", "overwrite", "memory_probe", "initial_val_loss")
 """Keys each trial sets itself (dropped from the base config and from best.yaml)."""
 
 
