@@ -161,6 +161,31 @@ def test_title_recipe_embeds_titles_only_and_is_never_mixed(data_dir, tmp_path):
     assert "--text title" not in rag.plan_line(1000, 1000, emb, 0.01, 0.001)
 
 
+def test_budget_indexes_the_first_records_that_fit_and_a_rerun_resumes_them(data_dir, tmp_path, monkeypatch, capsys):
+    real_plan = rag.plan
+    # the probe's measured cost, made 1 s a record: a 40 s budget holds the 32 probed records and 40 more
+    monkeypatch.setattr(rag, "plan", lambda *a, **kw: (real_plan(*a, **kw)[0], 1.0))
+    out = tmp_path / "idx"
+    res = rag.run(_cfg(data_dir, out, budget="40s"))
+    assert res.total == rag.PROBE_RECORDS + 40 and res.added == res.total
+    assert "budget 40s: the first 72 of 120 training records fit" in capsys.readouterr().err
+    man = json.loads((out / rag.MANIFEST).read_text())
+    assert (man["limit"], man["budget"], man["records"], man["status"]) == (72, "40s", 72, "complete")
+    first = [r["id"] for r in rag.read_train(data_dir, 72)]
+    assert sorted(rag.Index.open(out, data=data_dir).collection.get(include=[])["ids"]) == sorted(first)
+    # the same budget resumes the same records (no second decision), whatever the probe says now
+    monkeypatch.setattr(rag, "plan", lambda *a, **kw: (real_plan(*a, **kw)[0], 1e-6))
+    again = rag.run(_cfg(data_dir, out, budget="40s"))
+    assert (again.added, again.total) == (0, 72)
+    with pytest.raises(CatalogtuneError, match="within --budget 40s \\(the first 72 training records\\)"):
+        rag.run(_cfg(data_dir, out))
+    # a budget that holds everything indexes everything
+    whole = rag.run(_cfg(data_dir, tmp_path / "whole", budget="2h"))
+    assert whole.total == 120 and json.loads((tmp_path / "whole" / rag.MANIFEST).read_text())["limit"] is None
+    with pytest.raises(ValueError, match="budget must look like"):
+        _cfg(data_dir, out, budget="soon")
+
+
 def test_bad_queries_and_stored_injection(data_dir, tmp_path):
     out = tmp_path / "idx"
     rag.run(_cfg(data_dir, out))

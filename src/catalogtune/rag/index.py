@@ -39,7 +39,7 @@ from catalogtune.core import config
 from catalogtune.rag.embed import Embedder, HashEmbedder, MiniLMEmbedder, get_embedder
 from catalogtune.core.prompt import clean_title
 from catalogtune.core.locks import folder_lock
-from catalogtune.core.util import CatalogtuneError, atomic_write_json, peak_rss_mb, read_json, require
+from catalogtune.core.util import CatalogtuneError, atomic_write_json, budget_seconds, peak_rss_mb, read_json, require
 
 MANIFEST = "index.json"
 FORMAT = 1
@@ -73,6 +73,10 @@ HNSW_OVERHEAD_BYTES = 1100
 """Per-record memory of Chroma besides the vector (HNSW links, labels, id maps, SQLite cache); the
 plan's peak-memory figure adds ``dim * 4`` bytes and this for every record (fitted to a measured
 peak RSS of 790 MB for 200k records of dim 384 with the hash embedder)."""
+
+STORE_RATE_100K = 400.0
+"""Records per second Chroma stored at 100k records on one core (bench index): the budget's
+storing cost when the probe stored nothing to time."""
 
 META_MANIFEST = "catalogtune_manifest"
 """Collection metadata key holding the manifest as JSON (what a server route reads)."""
@@ -119,6 +123,10 @@ class IndexConfig:
     """HNSW ef_search: candidate list per query; more = better recall, slower queries."""
     limit: int | None = None
     """Index only the first N training records (None = all)."""
+    budget: str | None = None
+    """Wall-time budget of the build (20m, 2h): when the plan's timed probe projects more, only the
+    first training records that fit are indexed, and the plan line says how many of how many. The
+    number is kept in index.json, so a re-run with the same budget resumes the same build."""
     rebuild: bool = False
     """Replace an existing index built from other data or another embedder."""
     progress: bool = True
@@ -134,6 +142,8 @@ class IndexConfig:
             raise ValueError("hnsw_m must be >= 2 and the ef values >= 1")
         if self.limit is not None and self.limit < 1:
             raise ValueError("limit must be at least 1")
+        if self.budget is not None:
+            budget_seconds(self.budget)
         text_recipe(self.text)
 
 
@@ -422,6 +432,10 @@ def _check_manifest(man: dict, want: dict, out: Path, rebuild: bool) -> bool:
     if man.get("data_fingerprint") != want["data_fingerprint"]:
         if rebuild:
             return False
+        if man.get("budget") and man.get("limit"):
+            raise CatalogtuneError(f"index {out} was built within --budget {man['budget']} (the first "
+                                   f"{man['limit']:,} training records); give the same budget to resume it, "
+                                   f"or {hint.removeprefix('use ')}")
         raise CatalogtuneError(f"index {out} was built from other data ({man.get('data')}, "
                                f"fingerprint {man.get('data_fingerprint')}); {hint}")
     old, new = man.get("hnsw", {}), want["hnsw"]
@@ -444,7 +458,11 @@ def run(cfg: IndexConfig) -> IndexResult:
         shown = re.sub(r"^(https?):/(?!/)", r"\1://", str(cfg.out))  # Path("http://h:p") -> "http:/h:p"
         raise CatalogtuneError(f"catalogtune index builds a folder, not into a server ({shown}): build with "
                                f"--out INDEX_DIR, then serve it: chroma run --path INDEX_DIR --host 127.0.0.1 --port 8001")
-    found = scan(cfg.data, cfg.limit)
+    limit, decided = cfg.limit, cfg.budget is None
+    prior = _read_manifest(cfg.out) if cfg.budget is not None and (cfg.out / MANIFEST).is_file() else None
+    if prior is not None and not cfg.rebuild and prior.get("budget") == cfg.budget:
+        limit, decided = prior.get("limit"), True  # the same budget: the same records as the first run
+    found = scan(cfg.data, limit)
     if not found.records:
         raise CatalogtuneError(f"no usable records in the training split of {cfg.data}")
     emb = get_embedder(cfg.embedder)
@@ -456,7 +474,9 @@ def run(cfg: IndexConfig) -> IndexResult:
         "format": FORMAT, "embedder": emb.name, "space": emb.space, "dim": emb.dim,
         "text_recipe": text_recipe(cfg.text),
         "collection": cfg.collection, "data": str(cfg.data), "data_fingerprint": found.fingerprint,
-        "records": found.records, "limit": cfg.limit,
+        "records": found.records, "limit": limit,
+        # named only once the probe has fixed the records (a build killed before then decides again)
+        "budget": cfg.budget if decided else None,
         "hnsw": hnsw_settings(cfg.hnsw_m, cfg.hnsw_ef_construction, cfg.hnsw_ef_search)["hnsw"],
     }
     with _lock(out):
@@ -486,8 +506,22 @@ def run(cfg: IndexConfig) -> IndexResult:
                 col.modify(configuration={"hnsw": {"ef_search": cfg.hnsw_ef_search}})
         _write_metadata(col, building)  # a server reading it mid-build sees "building"
         batch = cfg.batch_size or emb.batch_size
-        probed = plan(col, found, emb, batch, cfg.text)
-        added, skipped = _fill(col, iter_valid(cfg.data, cfg.limit), found.records, emb, cfg,
+        probed, per_record = plan(col, found, emb, batch, cfg.text)
+        if not decided and per_record:
+            fit = budget_fit(found.records, col.count(), per_record, budget_seconds(cfg.budget))
+            if fit < found.records:  # the first records that fit the budget; the manifest names them
+                print(f"index plan: budget {cfg.budget}: the first {fit:,} of {found.records:,} training records "
+                      f"fit and are indexed" + ("" if cfg.text == "title" else " (--text title embeds about 10x faster)"),
+                      file=sys.stderr, flush=True)
+                limit = fit
+                found = scan(cfg.data, limit)
+                want.update(records=found.records, limit=limit, data_fingerprint=found.fingerprint)
+        if not decided:
+            want["budget"] = cfg.budget
+            building = {**want, "status": "building", "count": None}
+            atomic_write_json(out / MANIFEST, building)
+            _write_metadata(col, building)
+        added, skipped = _fill(col, iter_valid(cfg.data, limit), found.records, emb, cfg,
                                cl.get_max_batch_size(), batch)
         added, skipped = added + probed, skipped - probed
         total = col.count()
@@ -536,16 +570,23 @@ def _fill(col: Any, stream: Iterator[tuple[list[dict], int]], total: int, emb: E
     return added, skipped
 
 
-def plan(col: Any, found: Scan, emb: Embedder, batch: int, text: str = DEFAULT_TEXT) -> int:
-    """Time a probe (the first records embedded and stored), print the plan line; records it added.
+def budget_fit(records: int, stored: int, per_record_s: float, budget_s: float) -> int:
+    """How many of ``records`` an index may hold when the ones after ``stored`` cost ``per_record_s``
+    each and the build has ``budget_s`` seconds (at least what is stored already)."""
+    return min(records, max(stored, 1, stored + int(budget_s / per_record_s)))
 
-    The probe's records stay in the index, so the build does not repeat them.
+
+def plan(col: Any, found: Scan, emb: Embedder, batch: int, text: str = DEFAULT_TEXT) -> tuple[int, float | None]:
+    """Time a probe (the first records embedded and stored), print the plan line.
+
+    Returns the records the probe added (they stay in the index, so the build does not repeat
+    them) and the measured seconds per record (embedding and storing; None when nothing is left).
     """
     todo = _missing(col, found.probe)
     left = max(0, found.records - col.count())
     if left == 0:
         print(f"index plan: {found.records:,} records, all already stored", file=sys.stderr, flush=True)
-        return 0
+        return 0, None
     recs = todo or found.probe
     if hasattr(emb, "warm"):
         emb.warm()  # loads the model: not part of the rate
@@ -558,7 +599,8 @@ def plan(col: Any, found: Scan, emb: Embedder, batch: int, text: str = DEFAULT_T
         _store(col, todo, vecs)
         store_s = (time.perf_counter() - t) / len(todo)
     print(plan_line(found.records, left, emb, embed_s, store_s, text), file=sys.stderr, flush=True)
-    return len(todo)
+    # Storing slows as the HNSW graph grows: a probe that stored nothing counts the rate measured at 100k.
+    return len(todo), embed_s + (store_s if store_s else 1 / STORE_RATE_100K)
 
 
 LONG_BUILD_S = 2 * 3600
