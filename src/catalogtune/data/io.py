@@ -317,6 +317,60 @@ def split_path(data_dir: str | Path, split: str) -> Path:
     return Path(data_dir) / f"{split}.parquet"
 
 
+def split_rows(data_dir: str | Path, split: str) -> int:
+    """Rows in a prepared split (from the Parquet footer: nothing is read); 0 when it is missing."""
+    import pyarrow.parquet as pq
+
+    path = split_path(data_dir, split)
+    try:
+        return int(pq.ParquetFile(path).metadata.num_rows) if path.is_file() else 0
+    except Exception as exc:  # noqa: BLE001 - any pyarrow failure is a bad file
+        raise CatalogtuneError(f"cannot read prepared split {path}: {str(exc).splitlines()[0]}") from None
+
+
+def read_split_sample(data_dir: str | Path, split: str, n: int, seed: int = 0, rows: int = 65536) -> list[dict]:
+    """A seeded sample of ``n`` records of a split, stratified by title length and inferred category
+    (``categories.stratified_indices``), in file order, streamed in two passes: only each row's
+    stratum and then the chosen rows are held, never the whole split."""
+    import pyarrow.parquet as pq
+
+    from catalogtune.data.categories import stratified_indices, stratum
+
+    path = split_path(data_dir, split)
+    if not path.is_file():
+        raise CatalogtuneError(f"prepared split not found: {path} (run 'catalogtune prepare' first)")
+    try:
+        pf = pq.ParquetFile(path)
+        codes: dict[tuple[str, str], int] = {}
+        strata = bytearray()  # one byte a row: 3 title buckets x 6 categories
+        for batch in pf.iter_batches(batch_size=rows, columns=["title", "content"]):
+            for title, content in zip(batch.column(0).to_pylist(), batch.column(1).to_pylist()):
+                strata.append(codes.setdefault(stratum(str(title or ""), str(content or "")), len(codes)))
+        names = sorted(codes, key=codes.get)
+        chosen = stratified_indices([names[c] for c in strata], n, seed)
+        out: list[dict] = []
+        want, start = iter(chosen), 0
+        nxt = next(want, None)
+        for batch in pf.iter_batches(batch_size=rows, columns=["id", "title", "content"]):
+            end = start + batch.num_rows
+            take = []
+            while nxt is not None and nxt < end:
+                take.append(nxt - start)
+                nxt = next(want, None)
+            if take:
+                out.extend(batch.take(take).to_pylist())
+            start = end
+            if nxt is None:
+                break
+    except CatalogtuneError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any pyarrow failure is a bad file
+        raise CatalogtuneError(f"cannot read prepared split {path}: {str(exc).splitlines()[0]}") from None
+    if not out:
+        raise CatalogtuneError(f"prepared split is empty: {path}")
+    return out
+
+
 def read_split(data_dir: str | Path, split: str, limit: int | None = None) -> list[dict]:
     """Records ``{"id", "title", "content"}`` of a prepared split, in file order.
 

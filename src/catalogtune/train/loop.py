@@ -503,6 +503,13 @@ def merge(run_dir: Path, model_name: str) -> Path:
 
 
 def train(cfg: Any, train_rows: list[dict], val_rows: list[dict],
-          callback: Callable[[int, Loop], None] | None = None) -> dict[str, Any]:
-    """Build the loop for ``cfg`` and run it; returns the summary dict."""
-    return Loop(cfg, train_rows, val_rows).run(callback)
+          callback: Callable[[int, Loop], None] | None = None, pool: dict | None = None) -> dict[str, Any]:
+    """Build the loop for ``cfg`` and run it; returns the summary dict.
+
+    ``pool`` describes the stratified sample ``train_rows`` is when a budget read only part of a
+    large split (``{"records", "of", "seed"}``); the summary keeps it.
+    """
+    loop = Loop(cfg, train_rows, val_rows)
+    if pool:
+        loop.data_info["pool"] = dict(pool, strata="title length x inferred category")
+    return loop.run(callback)
