@@ -34,6 +34,26 @@ def test_demo_writes_every_stage_and_the_summary(demo_out):
     assert "finetuned+rag" in summary and "catalogtune app --workspace" in summary
     assert set(res.timings) == {"prepare", "analyze", "index", "evaluate-base", "train", "evaluate"}
     assert not res.skipped
+    # what each stage covered: the budgets did not bind on the shared file
+    from catalogtune.data.io import split_rows
+
+    n_train, n_test = split_rows(out / "prep", "train"), split_rows(out / "prep", "test")
+    assert f"| index | {n_train:,} records | {n_train:,} training records |" in summary
+    assert f"| evaluate | 4 test records per system | {n_test:,} test records |" in summary
+    assert "| train | " in summary and "budget" not in summary.split("What each stage covered")[1].split("|")[5]
+    assert "would take about" in summary and "H100 about" in summary
+
+
+def test_full_run_projection_scales_the_measured_rate():
+    from catalogtune.demo import GPU_ASSUMED_SHARE, GPU_PEAK_BF16, full_run_projection
+
+    summary = {"plan": {"tokens_per_epoch": 1000, "records": 10}, "tokens_per_s": 100.0, "model_params": 10**8}
+    p = full_run_projection(summary, 2.0, 1000)
+    assert p["tokens"] == 200_000 and p["here_h"] == 200_000 / 100 / 3600
+    assert p["A100_h"] == 6 * 10**8 * 200_000 / (GPU_ASSUMED_SHARE * GPU_PEAK_BF16["A100"]) / 3600
+    assert p["H100_h"] < p["A100_h"]
+    assert full_run_projection({}, 2.0, 1000) is None and "A100_h" not in full_run_projection(
+        {**summary, "model_params": None}, 1.0, 10)
 
 
 def test_second_demo_skips_up_to_date_stages(demo_out, sample_path, tiny_model_dir, capsys):

@@ -20,6 +20,9 @@ from catalogtune.core.util import CatalogtuneError, atomic_write_json, atomic_wr
 
 STAMP = ".stage.json"
 """Suffix of each stage's stamp file inside its folder (``.NAME.stage.json``)."""
+AUTO_TEST_LIMIT = 120
+"""Test records per system when ``limit`` is empty: enough for the paired intervals (the shared
+files' whole test split), few enough for the full catalogue's 337k test records to fit a demo."""
 MAIN_METRICS = ("perplexity", "rouge_l", "chrf", "cosine", "unsupported_rate", "invented_attribution_rate",
                 "quote_style_share")
 
@@ -38,7 +41,8 @@ class DemoConfig:
     max_steps: int | None = None
     """Cap on training steps (None: the preset's epochs)."""
     limit: int | None = None
-    """Test records evaluated per system (empty = the whole test split: about 100 on the shared files)."""
+    """Test records evaluated per system (empty = the whole test split, at most 120: all 120 of the
+    shared files' test split; the first 120 of a larger one, such as the full catalogue's)."""
     seen_limit: int = 12
     """Training records evaluated per system (seen products)."""
     val_fraction: float = 0.1
@@ -52,6 +56,10 @@ class DemoConfig:
     rules on the output only) its fine-tuned + RAG answers had ROUGE-L 0.147 / cosine 0.404 and
     16 % top-opening share, against 0.145 / 0.397 / 29 % for the plain run, and alone it matched
     the plain run (0.132 / 0.398 vs 0.133 / 0.384)."""
+    index_budget: str | None = "30m"
+    """Wall-time budget of the index build (index --budget): on the shared files it does not bind;
+    on the full catalogue only the first training records that fit are indexed, and the summary says
+    how many."""
     train_budget: str | None = "30m"
     """Wall-time budget of the training stage (train --budget): on the shared files it does not bind on
     a quiet CPU; on the full catalogue it keeps the steps that fit and the summary says so."""
@@ -130,6 +138,7 @@ def run(cfg: DemoConfig) -> DemoResult:
     from catalogtune.rag import index as rag
     from catalogtune.train import stage as train
     from catalogtune.data import prepare
+    from catalogtune.data.io import split_rows
 
     data = _default_data(cfg.data)
     out = Path(cfg.out)
@@ -144,10 +153,12 @@ def run(cfg: DemoConfig) -> DemoResult:
     prep_fp = fp
     _stage(res, "analyze", d["eda"], _fingerprint("eda", prep_fp), cfg.force,
            lambda: analyze.run(analyze.AnalyzeConfig(data=d["prep"], out=d["eda"])))
-    index_fp = _stage(res, "index", d["index"], _fingerprint("index", prep_fp, cfg.embedder), cfg.force,
-                      lambda: rag.run(rag.IndexConfig(data=d["prep"], out=d["index"], embedder=cfg.embedder)))
+    index_fp = _stage(res, "index", d["index"], _fingerprint("index", prep_fp, cfg.embedder, cfg.index_budget),
+                      cfg.force, lambda: rag.run(rag.IndexConfig(data=d["prep"], out=d["index"], embedder=cfg.embedder,
+                                                                 budget=cfg.index_budget)))
+    limit = cfg.limit if cfg.limit is not None else min(AUTO_TEST_LIMIT, split_rows(d["prep"], "test"))
     eval_common = dict(
-        data=d["prep"], out=d["eval"], index=d["index"], limit=cfg.limit, seen_limit=cfg.seen_limit,
+        data=d["prep"], out=d["eval"], index=d["index"], limit=limit, seen_limit=cfg.seen_limit,
         max_new_tokens=cfg.max_new_tokens, embedder=cfg.embedder,
     )
     # Before: the base model alone (the evaluation caches these outputs for the "after" pass).
@@ -213,6 +224,72 @@ def collapse_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
     return [{"system": s, **{k: m.get(k) for k in keys}} for s, m in report.get("collapse", {}).items()]
 
 
+GPU_PEAK_BF16 = {"A100": 312e12, "H100": 989e12}
+"""Dense bf16 peak FLOP/s of the GPUs the full-run projection names (vendor figures)."""
+GPU_ASSUMED_SHARE = 0.4
+"""Share of that peak the projection assumes a LoRA run keeps (the CPU loop keeps ~0.6 of its
+measured ceiling); an assumption: no GPU run here has measured it."""
+
+
+def full_run_projection(train_summary: dict[str, Any], epochs: float, train_records: int) -> dict[str, Any] | None:
+    """What training on every record of the split would take: on this machine at the run's measured
+    tokens/s, and on one GPU at ``GPU_ASSUMED_SHARE`` of its bf16 peak (6 x parameters FLOPs a token).
+    None without a plan (a resumed or finished run that measured nothing)."""
+    plan = train_summary.get("plan") or {}
+    per_rec = (plan.get("tokens_per_epoch") or 0) / max(1, plan.get("records") or 0)
+    rate = train_summary.get("tokens_per_s") or 0
+    if not per_rec or not rate or not train_records:
+        return None
+    tokens = per_rec * train_records * epochs
+    out = {"records": train_records, "epochs": epochs, "tokens": round(tokens), "here_h": tokens / rate / 3600}
+    params = train_summary.get("model_params")
+    if params:
+        for gpu, peak in GPU_PEAK_BF16.items():
+            out[f"{gpu}_h"] = 6 * params * tokens / (GPU_ASSUMED_SHARE * peak) / 3600
+    return out
+
+
+def plan_rows(out: Path, report: dict[str, Any], train_summary: dict[str, Any]) -> list[dict[str, Any]]:
+    """What each stage covered of the data: the whole of it, or the part its budget allowed."""
+    from catalogtune.data.io import split_rows
+
+    prep = out / "prep"
+    q = read_json(prep / "quality_report.json") if (prep / "quality_report.json").is_file() else {}
+    n_train, n_test = split_rows(prep, "train"), split_rows(prep, "test")
+    rows = [{"stage": "prepare", "covered": f"{q.get('records_read', '?'):,} records read"
+             if isinstance(q.get("records_read"), int) else "-",
+             "of": f"train {n_train:,} / val {split_rows(prep, 'val'):,} / test {n_test:,}"}]
+    man = read_json(out / "index" / "index.json") if (out / "index" / "index.json").is_file() else {}
+    if man:
+        cut = f" (budget {man['budget']}: the first ones)" if man.get("budget") and man.get("limit") else ""
+        rows.append({"stage": "index", "covered": f"{man.get('count') or 0:,} records{cut}",
+                     "of": f"{n_train:,} training records"})
+    if train_summary:
+        pool, sample = train_summary.get("pool"), train_summary.get("sample")
+        seen = (sample or {}).get("records") or train_summary.get("n_train") or 0
+        how = "records (stratified sample)" if pool or sample else "records"
+        rows.append({"stage": "train", "covered": f"{seen:,} {how}, {train_summary.get('steps', 0):,} steps "
+                     f"({train_summary.get('stopped')})", "of": f"{(pool or {}).get('of') or n_train:,} training records"})
+    n_eval = (report.get("systems", {}).get("base") or {}).get("n")
+    if n_eval:
+        rows.append({"stage": "evaluate", "covered": f"{n_eval:,} test records per system", "of": f"{n_test:,} test records"})
+    return rows
+
+
+def _hours(h: float) -> str:
+    return f"{h:,.1f} h" if h >= 1 else f"{h * 60:.1f} min" if h * 60 >= 0.1 else "under 0.1 min"
+
+
+def _projection_text(p: dict[str, Any] | None) -> str:
+    if not p:
+        return ""
+    gpus = ", ".join(f"{g} about {_hours(p[f'{g}_h'])}" for g in GPU_PEAK_BF16 if f"{g}_h" in p)
+    return (f"Training on all {p['records']:,} training records for {p['epochs']:g} epochs ({p['tokens']:,.0f} "
+            f"tokens) would take about {_hours(p['here_h'])} on this machine at the run's measured tokens/s"
+            + (f"; on one GPU {gpus} (projected at {GPU_ASSUMED_SHARE:.0%} of its bf16 peak, not measured here: "
+               f"train --config configs/gpu-qlora-2b.yaml for larger models)" if gpus else "") + ".")
+
+
 def write_summary(res: DemoResult, cfg: DemoConfig, data: list[Path]) -> None:
     """Write ``summary.md`` and ``summary.html`` that link every stage's report."""
     from catalogtune.core import htmlreport
@@ -226,6 +303,12 @@ def write_summary(res: DemoResult, cfg: DemoConfig, data: list[Path]) -> None:
     train_keys = ("steps", "wall_s", "useful_tokens_per_s", "initial_val_loss", "best_val_loss", "stopped")
     train_row = [{k: train_summary.get(k) for k in train_keys}]
     app_cmd = f"catalogtune app --workspace {out}"
+    from catalogtune.data.io import split_rows
+
+    coverage = plan_rows(out, res.report, train_summary)
+    run_cfg = config.load_yaml(out / "run" / "config.yaml") if (out / "run" / "config.yaml").is_file() else {}
+    projection = _projection_text(full_run_projection(train_summary, float(run_cfg.get("epochs") or 1),
+                                                      split_rows(out / "prep", "train")))
     md = [
         "# catalogtune demo summary", "",
         "Data: " + ", ".join(f"`{p}`" for p in data) + "  ", f"Base model: `{cfg.model}`", "",
@@ -239,6 +322,7 @@ def write_summary(res: DemoResult, cfg: DemoConfig, data: list[Path]) -> None:
     md += ["## Collapse (outputs as a corpus; `reference` = the real descriptions)", "", _md_table(collapse_rows(res.report))]
     md += ["## Seen products (training records)", "", _md_table(seen_rows),
            "## Training", "", _md_table(train_row),
+           "## What each stage covered", "", _md_table(coverage)] + ([projection, ""] if projection else []) + [
            "## Stage times (s)", "", _md_table(timing_rows),
            "## Reports", "",
            "- Data quality: [prep/quality_report.json](prep/quality_report.json)",
@@ -259,6 +343,7 @@ def write_summary(res: DemoResult, cfg: DemoConfig, data: list[Path]) -> None:
         ("Collapse", htmlreport.table(collapse_rows(res.report))),
         ("Seen products", htmlreport.table(seen_rows)),
         ("Training", htmlreport.table(train_row)),
+        ("What each stage covered", htmlreport.table(coverage) + (htmlreport.paragraph(projection) if projection else "")),
         ("Stage times (s)", htmlreport.table(timing_rows)),
         ("Reports", f"<ul>{links}</ul><p>Open the app: <code>{htmlreport.escape(app_cmd)}</code></p>"),
     ]

@@ -95,6 +95,7 @@ class Loop:
         torch.manual_seed(cfg.seed)  # LoRA initialisation
         self.model, self.tok = load_for_training(cfg, acc.device)
         self.fast = self._speed_ups()
+        self.n_params = sum(p.numel() for p in self.model.parameters())  # frozen base + LoRA
         train_tok = tokenize(train_rows, self.tok, cfg.max_length, mask_unsupported=cfg.mask_unsupported,
                              mask_scope=cfg.mask_scope)
         self.examples: list[Example] = train_tok.examples
@@ -373,7 +374,7 @@ class Loop:
             "peak_rss_mb": round(peak_rss_mb(), 1), "best_val_loss": st.best_val_loss, "best_step": st.best_step,
             "initial_val_loss": st.initial_val_loss, "final_val_loss": st.last_val_loss, "final_loss": st.last_loss,
             "stopped": stopped, "epochs_done": round(st.step / self.sched.steps_per_epoch, 3),
-            "model": self.cfg.model, "bf16": self.bf16, "world_size": self.acc.num_processes,
+            "model": self.cfg.model, "model_params": self.n_params, "bf16": self.bf16, "world_size": self.acc.num_processes,
             "resumed_from": self.resumed_from, "speed_ups": self.fast, **self.data_info,
             "backend": self.cfg.backend, "device": self.acc.device.type, **self._gpu_figures(),
             "plan": self.plan,
