@@ -41,19 +41,22 @@ def test_demo_writes_every_stage_and_the_summary(demo_out):
     assert f"| index | {n_train:,} records | {n_train:,} training records |" in summary
     assert f"| evaluate | 4 test records per system | {n_test:,} test records |" in summary
     assert "| train | " in summary and "budget" not in summary.split("What each stage covered")[1].split("|")[5]
-    assert "would take about" in summary and "H100 about" in summary
+    assert "would take about" in summary and "H100 80GB about" in summary
 
 
 def test_full_run_projection_scales_the_measured_rate():
-    from catalogtune.demo import GPU_ASSUMED_SHARE, GPU_PEAK_BF16, full_run_projection
+    from catalogtune.demo import GPU_MEASURED, full_run_projection
 
-    summary = {"plan": {"tokens_per_epoch": 1000, "records": 10}, "tokens_per_s": 100.0, "model_params": 10**8}
-    p = full_run_projection(summary, 2.0, 1000)
-    assert p["tokens"] == 200_000 and p["here_h"] == 200_000 / 100 / 3600
-    assert p["A100_h"] == 6 * 10**8 * 200_000 / (GPU_ASSUMED_SHARE * GPU_PEAK_BF16["A100"]) / 3600
-    assert p["H100_h"] < p["A100_h"]
-    assert full_run_projection({}, 2.0, 1000) is None and "A100_h" not in full_run_projection(
-        {**summary, "model_params": None}, 1.0, 10)
+    summary = {"plan": {"tokens_per_epoch": 1000, "records": 10}, "tokens": 400, "useful_tokens": 100,
+               "useful_tokens_per_s": 50.0, "model": "smollm2-135m", "model_params": 10**8}
+    p = full_run_projection(summary, 2.0, 1000)  # 100 tokens a record, a quarter of them description
+    assert p["useful_tokens"] == 50_000 and p["here_h"] == 50_000 / 50 / 3600
+    assert p["gpu_h"] == 50_000 / GPU_MEASURED["useful_tokens_per_s"] / 3600 and not p["gpu_scaled"]
+    # another model: the measured GPU rate scaled by parameter count (twice the parameters: half the rate)
+    other = full_run_projection({**summary, "model": "x", "model_params": 2 * GPU_MEASURED["params"]}, 2.0, 1000)
+    assert other["gpu_scaled"] and other["gpu_h"] == 2 * p["gpu_h"]
+    assert full_run_projection({}, 2.0, 1000) is None
+    assert "gpu_h" not in full_run_projection({**summary, "model": "x", "model_params": None}, 1.0, 10)
 
 
 def test_second_demo_skips_up_to_date_stages(demo_out, sample_path, tiny_model_dir, capsys):
