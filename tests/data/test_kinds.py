@@ -6,7 +6,10 @@ headers, edition notes, author bios); the real sample is only read in place for 
 
 from __future__ import annotations
 
+import html
 import json
+import random
+import re
 import time
 
 import pytest
@@ -223,6 +226,44 @@ def test_long_or_odd_texts_stay_fast(text):
     kinds.attributions(text)
     kinds.is_quote_style(text)
     assert time.perf_counter() - start < 3.0
+
+
+_PIECES = ("The Times", "the", "Times", "Sunday", "Review", "Post.", "of", "and", "y", "&", "magazine",
+           "magazine--", "online", "use.", "easy", "to", "read.", "--", "—", "-", "A", "B.", "1990s", "…", "!",
+           "'", "’", '"', "“", "don't", "Holmes'", "(", ")", "(c)", "©", "Copyright", "Copyright©", "Inc.",
+           "reserved.", "This text refers to", "the", "Paperback", "edition.", "Praise for", "Jane", "Doe", "Doe,",
+           "She", "he", "His", "him", "was", "born", "is", "author", "lives", "Dr.", "Smith", "Kirkus", "&amp;",
+           "publisher", "e.g.", "end.The", "word.Times", "Times,", "Observer", "Herald\n", "BigTimes", "X-Times",
+           "Journal", "  ")
+
+
+def _signed(matches):
+    return [m.span() for m in matches if m.group("src").split()[-1].strip(".,") in kinds._PUBLICATION]
+
+
+def test_fast_paths_find_what_the_full_scans_find():
+    """Scans tried only near their literals, and subject tests without a pattern per text, match the plain ones."""
+    rnd = random.Random(7)
+    for _ in range(400):
+        t = "".join(rnd.choice(_PIECES) + rnd.choice(("", " ", " ", "\t")) for _ in range(rnd.randint(0, 30)))
+        decoded = html.unescape(html.unescape(t)) if "&" in t else t
+        assert kinds._prep(t) == " ".join(kinds._GLUED.sub(" ", decoded).split())
+        for rx, literal, lead in ((kinds._REFERS, "This text refers to", "-—"),
+                                  (kinds._COPYRIGHT, "Copyright", "(c)©")):
+            assert [m.span() for m in kinds._at_literal(rx, t, literal, lead)] == [m.span() for m in rx.finditer(t)]
+        for text in (t, kinds._prep(t)):
+            assert _signed(kinds._sign_matches(text, [])) == _signed(kinds._UNQUOTED_SIGN.finditer(text))
+            assert kinds._letters(text, [(0, len(text)), (3, 9)]) == len(re.findall(r"\w", text)) + len(
+                re.findall(r"\w", text[3:9]))
+        words = [w for w in re.findall(r"[A-Z][\w'’-]{2,}", t) if w not in kinds._TITLE_WORDS][:3]
+        subj = r"(?:[Hh]e|[Ss]he" + "".join("|" + re.escape(w) for w in words) + r")"
+        # the patterns _bio_flags used to compile for each text
+        about = re.compile(rf"^(?:[^,]{{0,60}},\s*)?{kinds._TITLES}(?:[A-Z][\w'’.-]+\s+){{0,3}}?{subj}"
+                           rf"\s+(?:[a-z]+ly\s+)?[a-z]")
+        mention = re.compile(rf"\b(?:{subj}|[Hh]is|[Hh]er|[Hh]im)\b")
+        for s in kinds._sentences(kinds._prep(t)) + [t]:
+            assert kinds._about(s, words) == bool(about.match(s))
+            assert kinds._mentions(s, words) == bool(mention.search(s, 0, 60))
 
 
 def test_real_sample_has_every_kind(sample_path):

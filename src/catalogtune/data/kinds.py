@@ -46,11 +46,17 @@ _PRAISE = re.compile(
     r"\s+(?:for|of|from|FOR|OF|FROM)\s+(?:the\s+(?=[A-Z]))?|\bFrom the reviews of\s+)"
     r"(?P<x>[‘'\"“][^'’\"”]{1,60}[’'\"”]|[^:\"“”\n]{1,80}?)\s*(?::|(?=\s+[“\"‘'])|(?=[“‘]))"
 )
+# every header above has one of these (so does "From the reviews of"): without them _PRAISE cannot match;
+# with them, the hint (the header's core, found fast) tells the many "Reviews" signatures apart
+_PRAISE_LITERALS = ("raise", "RAISE", "cclaim", "CCLAIM", "eview", "EVIEW")
+_PRAISE_HINT = re.compile(r"(?:raise|RAISE|cclaim|CCLAIM|eviews?|EVIEWS?)\s+(?:for|of|from|FOR|OF|FROM)\s")
 # Review-source headers and sign-offs that come without a quote (Amazon's editorial reviews).
 _SOURCES = ("Publishers Weekly", "Booklist", "School Library Journal", "Library Journal",
             "Kirkus Reviews", "Kirkus", "Starred Review", "AudioFile", "The Horn Book",
             "Horn Book", "Bookmarks Magazine", "Editorial Review")
 _SOURCE_ALT = "|".join(re.escape(s) for s in _SOURCES)
+# every source holds one of these ("Kirkus Reviews" holds "Kirkus")
+_SOURCE_LITERALS = tuple(s for s in _SOURCES if not any(o != s and o in s for o in _SOURCES))
 _SOURCE_HEAD = re.compile(rf"^\s*(?:(?:From|from)\s+(?:the\s+)?(?P<a>{_SOURCE_ALT})"
                           rf"|(?P<b>Starred Review|Review(?=\s*[.:\-–—\"“‘']|\s*$)))[.:]?")
 # ... anywhere a sign-off can stand: after a sentence, a dash or "(c)" ("--Kirkus Reviews", "(c)AudioFile");
@@ -61,9 +67,19 @@ _SIGN_OFF_BEFORE = re.compile(r"(?:^|[-.!?)\]…–—]|\(c\)|©)\s*$")
 _PUBLICATION = set("""Times Telegraph Guardian Observer Express Mirror Mail Independent Spectator
     Standard Herald Gazette Tribune Chronicle Post Journal Review Reviews Weekly Magazine Booklist
     Kirkus Scotsman Economist Globe Bookseller Supplement Monthly Quarterly Statesman Inquirer""".split())
-_PUBLICATION_RE = re.compile(r"\b(?:" + "|".join(sorted(_PUBLICATION)) + r")\b")
 _UNQUOTED_SIGN = re.compile(rf"(?:(?<=[.!?…])|(?<=[.!?…][-–—])|(?<=[a-z]\s))\s*[-–—]{{0,2}}\s*"
                             rf"(?P<src>{_RUN})(?=\s+[A-Z]|\s*[-–—]{{2}}|\s*$)")
+# Scanning for _UNQUOTED_SIGN costs about 0.1 ms a text (it backtracks through every capitalised
+# run), so _sign_matches tries it only near publication names; these find the places (see there).
+# the names as words; no leading \b, which would keep the engine from skipping to their first letters
+_PUBLICATION_WORD = re.compile(r"(?:" + "|".join(sorted(_PUBLICATION)) + r")\b")
+# one character before each offset where _UNQUOTED_SIGN can match (x + 1 or x + 2): its look-behinds,
+# then dashes or spaces and a capital, "the" before it or not
+_SIGN_BEFORE = re.compile(r"[.!?…a-z](?:(?<=[a-z])(?=\s)|(?<=[.!?…]))(?=[-–—\s]*(?:[Tt]he\s+)?[A-Z\d])")
+# lowercase words a source can hold: its small words, "the" in front and the word after it
+_RUN_LOWER = set(_CONN[3:-1].split("|")) | {"the"}
+_RUN_TAILS = ("magazine", "newspaper", "online")
+_TOKEN = re.compile(r"\S*")
 
 _REFERS = re.compile(r"(?:-{1,2}|—)?\s*This text refers to[^.]{0,80}?edition(?: of this title)?\.?")
 _COPYRIGHT = re.compile(r"(?:\(c\)|©)?\s*Copyright\s*(?:©|\(c\))?[^.]{0,120}?(?:Inc|[Rr]eserved|Association"
@@ -80,6 +96,8 @@ _CREDIT = re.compile(r"^(?:(?:Written|Edited|Selected|Illustrated|Compiled|Trans
 _PUBLISHER = re.compile(r"\b(?:publishers?\b|publishing (?:group|house|company|interests|since)|imprint\b"
                         r"|(?:previously|originally) published by|Library of Liberal Arts|authors represent"
                         r"|was founded in|[Ff]ounded in \d{4}|we are proud to publish)", re.IGNORECASE)
+# one of these is in every _PUBLISHER match, in lowercase (as ``str.lower`` gives it for ASCII text)
+_PUBLISHER_LITERALS = ("publish", "imprint", "library of liberal arts", "authors represent", "founded in")
 
 _ROLE = (r"(?i:writer|novelist|journalist|author|poet|professor|artist|illustrator|teacher|lecturer|consultant"
          r"|expert|practitioner|therapist|astrologer|psychologist|chef|historian|designer|photographer|broadcaster"
@@ -106,6 +124,14 @@ _BIO_VERB = (r"(?:is|was|are|were|has|had|have|lives|lived|grew|worked|works|tea
              r"|received|won|founded|spent|attended|earned|moved|left|joined|continues|retired|remains"
              r"|travels|appears|produces|enjoys|loves|suffered|survived)")
 _ADVERB = r"(?:(?:also|now|currently|regularly|still|later|then|recently)\s+)?"
+# the person (or "he"/"she") as subject, in parts: the names come from each text (see _about)
+_ABOUT_HEAD = rf"(?:[^,]{{0,60}},\s*)?{_TITLES}(?:[A-Z][\w'’.-]+\s+){{0,3}}?"
+_ABOUT_TAIL = r"\s+(?:[a-z]+ly\s+)?[a-z]"
+_ABOUT_PRONOUN = re.compile(rf"^{_ABOUT_HEAD}(?:[Hh]e|[Ss]he){_ABOUT_TAIL}")
+_ABOUT_HEAD_RE = re.compile(_ABOUT_HEAD)
+_ABOUT_TAIL_RE = re.compile(_ABOUT_TAIL)
+_MENTION_PRONOUN = re.compile(r"\b(?:[Hh]e|[Ss]he|[Hh]is|[Hh]er|[Hh]im)\b")
+_BOUNDARY = re.compile(r"\b")
 _PERSON_SUBJECT = re.compile(rf"^{_TITLES}{_NOT_NAME}[A-Z][\w'’.-]+(?:\s+(?:[A-Z][\w'’.-]*|de|van|von|da|di|le"
                              rf"|la|the)){{0,4}}(?:\s*\([^)]{{0,40}}\))?,?\s+{_ADVERB}{_BIO_VERB}\b")
 _APPOSITIVE_SUBJECT = re.compile(  # "Morris West, an Australian by birth, has", "A native of X, Robert Seltzer is"
@@ -118,13 +144,36 @@ _TITLE_WORDS = set("Dr Mr Mrs Ms Prof Professor Sir Dame Lady Lord Rev His Holin
 _STOP = re.compile(r"[.!?]+[\"”’']?(?=\s+[A-Z\"“‘'(]|\s*$)")
 _ABBREV = set("dr mr mrs ms st jr sr prof rev vs etc no vol ed eds inc ltd co mt ft gen col capt lt sgt pp".split())
 _GLUED = re.compile(r"(?<=[a-z]{2}[.!?])(?=[A-Z][a-z])")
+# a glued place is right after one of these (found fast, unlike a look-behind tried at every offset)
+_GLUED_HINT = re.compile(r"[.!?][A-Z]")
 _LETTER = re.compile(r"\w")
+# Small patterns the functions below use on every text, compiled once: a string pattern inside a
+# function costs a lookup in the re module's cache on every call (and a compile when it fell out).
+_WORD = re.compile(r"\w+")
+_NON_WORD_ASCII = bytes(c for c in range(128) if not _LETTER.match(chr(c)))
+_NON_LETTERS = re.compile(r"\W+")
+_POSSESSIVE_NEXT = re.compile(r"\s+[a-z]")
+_CLAUSE_END = re.compile(r"[.!?…,](?=,?\s)")
+_LOWER_NEXT = re.compile(r"\s*[a-z]")
+_PRAISE_TRIM = re.compile(r"^(?:[Tt]he\s+)|[\s’'\"“”‘]+$|^[\s’'\"“”‘]+")
+_LOWER_TAIL = re.compile(r"(?:\s+[a-z][\w'’-]*)+$")
+_UPPER = re.compile(r"[A-Z]")
+_DASH_LEAD = re.compile(r"\s*[-–—]")
+_LAST_TOKEN = re.compile(r"[\w.]+$")
+_INITIALS = re.compile(r"(?:\w\.)+\w")
+_NAME_WORD = re.compile(r"[A-Z][\w'’-]{2,}")
+_BORN_OR_AUTHOR = re.compile(r"\b(?:born|[Aa]uthor)\b")
 
 
 def _prep(text: str) -> str:
     """HTML entities decoded (twice: some records are double-escaped), glued sentences split."""
     text = html.unescape(html.unescape(text)) if "&" in (text or "") else text or ""
-    return " ".join(_GLUED.sub(" ", text).split())
+    parts, at = [], 0
+    for m in _GLUED_HINT.finditer(text):  # what _GLUED.sub(" ", text) does, checked only there
+        if _GLUED.match(text, m.start() + 1):
+            parts += (text[at:m.start() + 1], " ")
+            at = m.start() + 1
+    return " ".join(("".join(parts) + text[at:] if parts else text).split())
 
 
 def _scan_quotes(text: str) -> list[tuple[int, int]]:
@@ -142,6 +191,11 @@ def _scan_quotes(text: str) -> list[tuple[int, int]]:
         i, ch, end = m.start(), text[m.start()], m.end()
         kind = "d" if ch in _DOUBLE or end - i == 2 else "s"
         prev, nxt = text[i - 1] if i else " ", text[end] if end < n else " "
+        if kind == "s" and prev.isalnum() and nxt.isalnum() and not nxt.isupper():
+            # the commonest mark, an apostrophe ("don't", "Kerr’s"), settled early: it neither opens
+            # nor closes, and in the chain below it only clears a nested flag of a double passage
+            nested = nested and open_kind != "d"
+            continue
         in_word = prev.isalnum() and nxt.isalnum()
         can_open = (prev in _OPEN_AFTER or in_word) and not nxt.isspace() and not _ELISION.match(text, i)
         # a mark after a full stop closes even when the source is glued to it ("Map.'THE EXPRESS")
@@ -152,7 +206,7 @@ def _scan_quotes(text: str) -> list[tuple[int, int]]:
             glued_close = ch != "‘" and nxt.isupper() and open_kind == "s"
             glued_open = ch != "’" and cap_word and text[i - 2:i - 1].isalpha()
             can_close, can_open = glued_close, glued_open and not glued_close
-        if kind == "s" and can_close and prev in "sSzx" and re.match(r"\s+[a-z]", text[end:end + 2]):
+        if kind == "s" and can_close and prev in "sSzx" and _POSSESSIVE_NEXT.match(text[end:end + 2]):
             can_close = False  # possessive: "Holmes' surprisingly"
         if kind == "d" and in_word:
             can_open, can_close = open_kind == "", open_kind == "d"
@@ -183,7 +237,7 @@ def _lost_close(text: str, start: int, end: int) -> int | None:
     stop when a source fills the rest up to ``end`` (the next opening mark or the text's end).
     """
     base = max(start, end - 150)
-    for m in reversed(list(re.finditer(r"[.!?…,](?=,?\s)", text[base:end]))):
+    for m in reversed(list(_CLAUSE_END.finditer(text[base:end]))):
         found = _source_at(text, base + m.end())
         if found and not text[found[1]:end].strip(" -–—*\t"):
             return base + m.end()
@@ -198,13 +252,14 @@ def _source_at(text: str, pos: int) -> tuple[str, int] | None:
     src = m.group("src").strip(" -–—,:;()*'\"")
     rest = text[m.end():m.end() + 2]
     # a lowercase word after it means prose went on: '"inspired." Free of dogma, ...'
-    if not src or len(src) > 90 or re.match(r"\s*[a-z]", rest) and not m.group(0).rstrip().endswith(")"):
+    if not src or len(src) > 90 or _LOWER_NEXT.match(rest) and not m.group(0).rstrip().endswith(")"):
         return None
     return src.rstrip("."), m.end()
 
 
-def _words_in(text: str) -> int:
-    return len(re.findall(r"\w+", text))
+def _words_in(text: str, start: int = 0, end: int | None = None) -> int:
+    """Words of ``text[start:end]`` (counted in place: no slice is copied)."""
+    return len(_WORD.findall(text, start, len(text) if end is None else end))
 
 
 def quote_spans(text: str, min_words: int = 3) -> list[tuple[int, int]]:
@@ -216,27 +271,38 @@ def quote_spans(text: str, min_words: int = 3) -> list[tuple[int, int]]:
     mark. Offsets refer to ``text`` as given (decode HTML entities first for raw records).
     """
     text = text or ""
-    return [(a, b) for a, b in _scan_quotes(text)
-            if _words_in(text[a:b]) >= min_words or _words_in(text[a:b]) and _source_at(text, b)]
+    out = []
+    for a, b in _scan_quotes(text):
+        words = _words_in(text, a, b)
+        if words >= min_words or words and _source_at(text, b):
+            out.append((a, b))
+    return out
 
 
-def _review_regions(text: str) -> tuple[list[tuple[int, int]], list[tuple[int, str]]]:
-    """Regions of ``text`` that are quotes, their sources or review headers; (offset, source) pairs."""
+def _review_regions(text: str, spans: list[tuple[int, int]] | None = None
+                    ) -> tuple[list[tuple[int, int]], list[tuple[int, str]]]:
+    """Regions of ``text`` that are quotes, their sources or review headers; (offset, source) pairs.
+
+    ``spans`` are ``quote_spans(text)`` when the caller has them already.
+    """
     regions: list[tuple[int, int]] = []
     sources: list[tuple[int, str]] = []
-    for a, b in quote_spans(text):
+    for a, b in quote_spans(text) if spans is None else spans:
         regions.append((a, b))
         if found := _source_at(text, b):
             sources.append((b, found[0]))
             regions.append((b, found[1]))
-    for m in _PRAISE.finditer(text):
+    # the two scans below try every offset; most texts lack their literals, found far faster by `in`
+    praise = any(w in text for w in _PRAISE_LITERALS) and _PRAISE_HINT.search(text)
+    for m in _PRAISE.finditer(text) if praise else ():
         regions.append(m.span())
-        x = re.sub(r"^(?:[Tt]he\s+)|[\s’'\"“”‘]+$|^[\s’'\"“”‘]+", "", m.group("x").strip())
-        x = re.sub(r"(?:\s+[a-z][\w'’-]*)+$", "", x)  # "Bernard Cornwell's Sharpe novels" -> a name
-        if re.search(r"[A-Z]", x):
+        x = _PRAISE_TRIM.sub("", m.group("x").strip())
+        x = _LOWER_TAIL.sub("", x)  # "Bernard Cornwell's Sharpe novels" -> a name
+        if _UPPER.search(x):
             sources.append((m.start("x"), x))
     inside = list(regions)
-    for m in _SOURCE_ANY.finditer(text):
+    signed = any(s in text for s in _SOURCE_LITERALS)
+    for m in _SOURCE_ANY.finditer(text) if signed else ():
         if _SIGN_OFF_BEFORE.search(text, max(0, m.start() - 4), m.start()) and not any(
                 a <= m.start("s") < b for a, b in inside):
             regions.append(m.span())
@@ -271,7 +337,52 @@ def _merge(regions: list[tuple[int, int]]) -> list[tuple[int, int]]:
 
 
 def _letters(text: str, regions: list[tuple[int, int]]) -> int:
-    return sum(len(_LETTER.findall(text, a, b)) for a, b in regions)
+    """Word characters (what ``_LETTER`` matches) of ``text`` inside ``regions``."""
+    if text.isascii():  # most texts: bytes.translate drops the rest in one pass, 3x faster than findall
+        data = text.encode("ascii")
+        return sum(len(data[a:b].translate(None, _NON_WORD_ASCII)) for a, b in regions)
+    return sum(len(_NON_LETTERS.sub("", text[a:b])) for a, b in regions)
+
+
+def _sign_matches(text: str, taken: list[tuple[int, int]]) -> list[re.Match]:
+    """The matches of ``_UNQUOTED_SIGN.finditer(text)`` that can be signatures, in order.
+
+    Left out are only matches that cannot end with a publication name or whose source starts
+    inside ``taken``. Such a name starts the source's last word, at a word boundary (the names
+    are letters only: one inside a word is no signature's, and no other name starts there).
+    The scan is run near each name only, which finds what the scan of the whole text finds:
+    it starts where the last match ended, or at a later "barrier", the start of a word after a
+    space that begins with a lowercase letter and is none a source can hold (``_RUN_LOWER``,
+    ``_RUN_TAILS``): no match holds one, so the whole scan reaches the barrier without a match
+    across it, and goes on from there as this one does. It tries only the offsets that
+    ``_SIGN_BEFORE`` allows, up to the name: a match holding the name starts there.
+    """
+    out: list[re.Match] = []
+    done = 0  # where the last match ended: the whole scan goes on from here as well
+    covered = _merge(taken)
+    for name in _PUBLICATION_WORD.finditer(text):
+        w = name.start()
+        if w < done or w and _LETTER.match(text, w - 1):
+            continue
+        start, k = done, w
+        for _ in range(6):  # a barrier is mostly a word or two back; else start from `done`
+            j = text.rfind(" ", done, k)
+            if j < 0:
+                break
+            word = _TOKEN.match(text, j + 1).group()
+            if "a" <= word[:1] <= "z" and word not in _RUN_LOWER and not word.startswith(_RUN_TAILS):
+                start = j + 1
+                break
+            k = j
+        if any(a <= start and w < b for a, b in covered):
+            continue  # a signature with this name would have its source in `taken`: none counts
+        # a match starting by w has its source by w, so its look-ahead needs nothing after w
+        for x in _SIGN_BEFORE.finditer(text, max(0, start - 2), w + 1):
+            for p in (x.start() + 1, x.start() + 2):
+                if max(start, done) <= p <= w and (m := _UNQUOTED_SIGN.match(text, p)):
+                    out.append(m)
+                    done = m.end()
+    return out
 
 
 def _unquoted_signs(text: str, taken: list[tuple[int, int]]) -> list[tuple[int, int]]:
@@ -279,11 +390,9 @@ def _unquoted_signs(text: str, taken: list[tuple[int, int]]) -> list[tuple[int, 
 
     Two signatures are needed (one could be prose naming a newspaper), or one after a dash.
     """
-    if not _PUBLICATION_RE.search(text):
-        return []  # the common case, found fast
-    hits = [m for m in _UNQUOTED_SIGN.finditer(text) if m.group("src").split()[-1].strip(".,") in _PUBLICATION
+    hits = [m for m in _sign_matches(text, taken) if m.group("src").split()[-1].strip(".,") in _PUBLICATION
             and not any(a <= m.start("src") < b for a, b in taken)]
-    if len(hits) < 2 and not any(re.match(r"\s*[-–—]", m.group(0)) for m in hits):
+    if len(hits) < 2 and not any(_DASH_LEAD.match(m.group(0)) for m in hits):
         return []
     out, start = [], 0
     for m in hits:
@@ -297,43 +406,85 @@ def _fill_gaps(text: str, regions: list[tuple[int, int]], max_words: int = 8) ->
     """Join review regions a few words apart: headers and sources the patterns missed."""
     filled: list[tuple[int, int]] = []
     for a, b in _merge(regions):
-        if _words_in(text[filled[-1][1] if filled else 0:a]) <= max_words:
+        if _words_in(text, filled[-1][1] if filled else 0, a) <= max_words:
             a = filled.pop()[0] if filled else 0
         filled.append((a, b))
-    if filled and _words_in(text[filled[-1][1]:]) <= 3:
+    if filled and _words_in(text, filled[-1][1]) <= 3:
         filled[-1] = (filled[-1][0], len(text))
     return filled
 
 
 def _blank(text: str, regions: list[tuple[int, int]]) -> str:
-    """``text`` with ``regions`` replaced by spaces: offsets stay valid."""
-    for a, b in regions:
-        text = text[:a] + " " * (b - a) + text[b:]
-    return text
+    """``text`` with ``regions`` replaced by spaces: offsets stay valid.
+
+    The regions are sorted and apart, as ``_merge`` gives them.
+    """
+    if not regions:
+        return text
+    parts, at = [], 0
+    for a, b in regions:  # one join, not a copy of the whole text per region
+        parts += (text[at:a], " " * (b - a))
+        at = b
+    parts.append(text[at:])
+    return "".join(parts)
 
 
 def review_share(text: str) -> float:
     """Share of the letters of ``text`` (boilerplate left out) in quotes, sources and praise headers."""
     text = _prep(text)
     boiler = _boiler_regions(text)
-    total = len(_LETTER.findall(text)) - _letters(text, boiler)
+    return _review_share(text, boiler, _blank(text, boiler))
+
+
+def _review_share(text: str, boiler: list[tuple[int, int]], plain: str) -> float:
+    """``review_share`` of a text already through ``_prep``, with its boilerplate regions and blanked copy."""
+    # plain keeps the boilerplate as spaces, so a source can end a text: "itself., Devon Life--This text ..."
+    spans = quote_spans(plain)
+    regions, sources = _review_regions(plain, spans)
+    regions += _unquoted_signs(plain, regions)
+    if not regions:
+        return 0.0  # nothing covered but the boilerplate, which does not count: most products
+    # the boilerplate's letters are spaces in plain: counting there leaves them out
+    total = _letters(plain, [(0, len(plain))])
     if total <= 0:
         return 0.0
-    plain = _blank(text, boiler)  # so a source can end a text: "itself., Devon Life--This text ..."
-    regions, sources = _review_regions(plain)
-    regions += _unquoted_signs(plain, regions)
     # without any source or header the quotes may be a phrase ("call it 'the best mug'"): no gap
     # filling, only the quoted letters count
-    covered = _merge((_fill_gaps(text, regions) if sources or len(regions) > len(quote_spans(plain))
-                      else regions) + boiler)
-    return min(1.0, (_letters(text, covered) - _letters(text, boiler)) / total)
+    covered = _merge((_fill_gaps(text, regions) if sources or len(regions) > len(spans) else regions) + boiler)
+    return min(1.0, _letters(plain, covered) / total)
 
 
 def _boiler_regions(text: str) -> list[tuple[int, int]]:
-    # each pattern only where its literal is (most texts have none): a regex scan per offset is slow
-    rules = [(_REFERS, ("This text",)), (_COPYRIGHT, ("Copyright",)), (_LANGUAGE, ("Text:",)),
-             (_LABELS, ("escription", "Language Notes", "Editorial", "Not available"))]
-    return _merge([m.span() for rx, lits in rules if any(x in text for x in lits) for m in rx.finditer(text)])
+    # each pattern only where its literal is (most texts have none): a regex scan per offset is slow.
+    # The edition note and the copyright line are frequent: tried only right before their literal
+    spans = [m.span() for m in _at_literal(_REFERS, text, "This text refers to", "-—")]
+    spans += [m.span() for m in _at_literal(_COPYRIGHT, text, "Copyright", "(c)©")]
+    rules = [(_LANGUAGE, ("Text:",)), (_LABELS, ("escription", "Language Notes", "Editorial", "Not available"))]
+    spans += [m.span() for rx, lits in rules if any(x in text for x in lits) for m in rx.finditer(text)]
+    return _merge(spans)
+
+
+def _at_literal(rx: re.Pattern, text: str, literal: str, lead: str) -> list[re.Match]:
+    """``list(rx.finditer(text))`` for a pattern whose every match is ``literal`` after a run of ``lead``
+    characters and white space (``literal`` starting with neither).
+
+    A match then starts in such a run right before an occurrence of ``literal`` (or at it): rx is
+    tried there, left to right, instead of at every offset.
+    """
+    out: list[re.Match] = []
+    done = 0  # where the last match ended: the next one starts there or later
+    at = text.find(literal)
+    while at >= 0:
+        start = at
+        while start > done and (text[start - 1] in lead or text[start - 1].isspace()):
+            start -= 1
+        for p in range(start, at + 1):
+            if m := rx.match(text, p):
+                out.append(m)
+                done = m.end()
+                break
+        at = text.find(literal, max(done, at + 1))
+    return out
 
 
 def is_quote_style(text: str) -> bool:
@@ -359,10 +510,11 @@ def _sentences(text: str) -> list[str]:
     """Sentences, not split after initials and titles ("David C. Isby", "Dr. Adler")."""
     out, start = [], 0
     for m in _STOP.finditer(text):
-        word = re.search(r"[\w.]+$", text[max(start, m.start() - 30):m.start()])
-        w = word.group(0).lower() if word else ""
-        if m.group(0)[0] == "." and (len(w) == 1 or w in _ABBREV or re.fullmatch(r"(?:\w\.)+\w", w)):
-            continue
+        if m.group(0)[0] == ".":  # the word before matters only for a full stop
+            word = _LAST_TOKEN.search(text[max(start, m.start() - 30):m.start()])
+            w = word.group(0).lower() if word else ""
+            if len(w) == 1 or w in _ABBREV or _INITIALS.fullmatch(w):
+                continue
         out.append(text[start:m.end()].strip())
         start = m.end()
     out.append(text[start:].strip())
@@ -379,25 +531,76 @@ def _bio_flags(sentences: list[str]) -> list[bool]:
     """
     if not sentences:
         return []
-    first = _PERSON_SUBJECT.match(sentences[0]) or _APPOSITIVE_SUBJECT.match(sentences[0])
-    words = [w for w in re.findall(r"[A-Z][\w'’-]{2,}", first.group(0)) if w not in _TITLE_WORDS] if first else []
-    subj = r"(?:[Hh]e|[Ss]he" + "".join("|" + re.escape(w) for w in words) + r")"
-    about = re.compile(rf"^(?:[^,]{{0,60}},\s*)?{_TITLES}(?:[A-Z][\w'’.-]+\s+){{0,3}}?{subj}\s+(?:[a-z]+ly\s+)?[a-z]")
-    mention = re.compile(rf"\b(?:{subj}|[Hh]is|[Hh]er|[Hh]im)\b")
+    first = _person_subject(sentences[0])
+    words = [w for w in _NAME_WORD.findall(first.group(0)) if w not in _TITLE_WORDS] if first else []
     flags: list[bool] = []
     seen = False  # a biography sentence so far
     for k, s in enumerate(sentences):
-        own = _PERSON_SUBJECT.match(s) or _APPOSITIVE_SUBJECT.match(s) or about.match(s)
-        bio = bool(_BIO_CUE.search(s) and (own or seen or re.search(r"\b(?:born|[Aa]uthor)\b", s)))
         # the person as subject goes on with a biography; once one started, so does any mention
         # of them ("Her novels have been translated ...", "During this time she has welcomed ...")
-        bio = bio or k > 0 and bool((seen or first) and about.match(s)) or seen and bool(mention.search(s, 0, 60))
+        about = _about(s, words) if k > 0 and (seen or first) else None
+        bio = bool(about) or seen and _mentions(s, words)
+        if not bio:  # a cue with a person as subject: the cue is the costliest search, so it comes last
+            own = seen or _person_subject(s) or (_about(s, words) if about is None else about)
+            born = ("born" in s or "uthor" in s) and _BORN_OR_AUTHOR.search(s)
+            bio = bool((own or born) and _BIO_CUE.search(s))
         # a sentence about the product is not biography ("Her latest work is a collection ...")
         flags.append(bio and not _PRODUCT_REF.search(s))
         seen = seen or flags[-1]
     if first and not flags[0] and len(flags) > 1 and flags[1]:
         flags[0] = True  # "X enrolled as a nurse. She went on to train as a midwife."
     return flags
+
+
+def _person_subject(s: str) -> re.Match | None:
+    """A person as the subject of sentence ``s`` ("Jane Doe was", "Morris West, an Australian, has")."""
+    if m := _PERSON_SUBJECT.match(s):
+        return m
+    # both appositive shapes have a comma: without one that pattern is not tried
+    return _APPOSITIVE_SUBJECT.match(s) if "," in s else None
+
+
+def _about(s: str, words: list[str]) -> bool:
+    """Whether sentence ``s`` has "he", "she" or the person named by ``words`` as subject.
+
+    One pattern with the names in it (``^_ABOUT_HEAD(?:He|he|She|she|Name...)_ABOUT_TAIL``) would
+    need a compile per text, 0.5 ms, more than the rest of the classification: so each place a
+    name stands is tried with the parts before and after it instead, which matches the same.
+    """
+    if _ABOUT_PRONOUN.match(s):
+        return True
+    for w in words:
+        i = s.find(w)
+        while i >= 0:
+            if _ABOUT_TAIL_RE.match(s, i + len(w)) and _ABOUT_HEAD_RE.fullmatch(s, 0, i):
+                return True
+            i = s.find(w, i + 1)
+    return False
+
+
+def _mentions(s: str, words: list[str]) -> bool:
+    """Whether the first 60 characters of ``s`` have "he", "she", "his", "her", "him" or a name of ``words``.
+
+    Each a word of its own (a word boundary on both sides), found without a pattern per text (see ``_about``).
+    """
+    if _MENTION_PRONOUN.search(s, 0, 60):
+        return True
+    head = s[:60]
+    for w in words:
+        i = head.find(w)
+        while i >= 0:
+            if _BOUNDARY.match(head, i) and _BOUNDARY.match(head, i + len(w)):
+                return True
+            i = head.find(w, i + 1)
+    return False
+
+
+def _may_publish(s: str) -> bool:
+    """False where ``_PUBLISHER`` cannot match ``s``: ASCII without any of its literals.
+
+    Other text may match through case folding ("ſ" matches "s"), so it is always tried.
+    """
+    return not s.isascii() or any(w in s.lower() for w in _PUBLISHER_LITERALS)
 
 
 def _share(sentences: list[str], flags: list[bool]) -> float:
@@ -416,16 +619,26 @@ def content_kind(text: str) -> str:
     subject make up ``BIO_SHARE`` of it and it starts with one; else "product".
     """
     text = _prep(text)
-    rest = " ".join(_blank(text, _boiler_regions(text)).split()).strip(" -–—.,;:")
+    boiler = _boiler_regions(text)
+    plain = _blank(text, boiler)
+    # _prep collapsed the white space already: only blanked boilerplate can leave more
+    rest = (" ".join(plain.split()) if boiler else plain).strip(" -–—.,;:")
     if not _LETTER.search(rest) or _CREDIT.match(rest):
         return "boilerplate"
-    if _SOURCE_HEAD.match(text) or review_share(text) >= REVIEWS_SHARE:
+    if _SOURCE_HEAD.match(text):
+        return "reviews"
+    # review_share(text) would _prep the text again, which changes nothing without a "&" (no entity
+    # left to decode, glued sentences split already): then the boilerplate found above serves
+    share = _review_share(text, boiler, plain) if "&" not in text else review_share(text)
+    if share >= REVIEWS_SHARE:
         return "reviews"
     sentences = _sentences(rest)
-    # a publisher's self-description; "Formerly publisher of X, Y is a leading expert" is a bio
-    publisher = [bool(_PUBLISHER.search(s) and not _BIO_CUE.search(s)) for s in sentences]
-    if _share(sentences, publisher) >= BOILERPLATE_SHARE:
-        return "boilerplate"
+    # a publisher's self-description; "Formerly publisher of X, Y is a leading expert" is a bio.
+    # The case-blind pattern tries every offset: only in sentences that can hold it (most texts none)
+    if _may_publish(rest):
+        publisher = [bool(_may_publish(s) and _PUBLISHER.search(s) and not _BIO_CUE.search(s)) for s in sentences]
+        if _share(sentences, publisher) >= BOILERPLATE_SHARE:
+            return "boilerplate"
     flags = _bio_flags(sentences)
     if flags and flags[0] and _share(sentences, flags) >= BIO_SHARE:
         return "author_bio"
