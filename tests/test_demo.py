@@ -73,3 +73,21 @@ def test_second_demo_skips_up_to_date_stages(demo_out, sample_path, tiny_model_d
 def test_demo_without_data_explains_how_to_pass_it(tmp_path, monkeypatch):
     monkeypatch.setattr("catalogtune.demo.shared_data", lambda: [])
     assert cli.main(["demo", "--out", str(tmp_path / "o")]) == 2
+
+
+def test_demo_with_another_index_budget_replaces_the_index(tmp_path, sample_path, tiny_model_dir, monkeypatch):
+    from catalogtune.rag import index as rag
+
+    kw = dict(data=sample_path, out=tmp_path / "d", model=str(tiny_model_dir), max_steps=1, limit=2, seen_limit=0,
+              max_new_tokens=4, embedder="hash")
+    real_plan = rag.plan
+    monkeypatch.setattr(rag, "plan", lambda *a, **k: (real_plan(*a, **k)[0], 1.0))  # 1 s a record
+    run(DemoConfig(index_budget="40s", **kw))
+    man = json.loads((tmp_path / "d" / "index" / "index.json").read_text())
+    assert (man["count"], man["budget"]) == (rag.PROBE_RECORDS + 40, "40s")
+    # index alone would refuse another budget on that folder; the demo's stage replaces it
+    res = run(DemoConfig(index_budget="1h", **kw))
+    man = json.loads((tmp_path / "d" / "index" / "index.json").read_text())
+    assert man["budget"] == "1h" and man["limit"] is None and man["count"] > rag.PROBE_RECORDS + 40
+    # ... and the stages after it run again on the new index (train starts afresh in its folder)
+    assert "index" not in res.skipped and "train" not in res.skipped and "prepare" in res.skipped

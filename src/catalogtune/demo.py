@@ -154,8 +154,11 @@ def run(cfg: DemoConfig) -> DemoResult:
     _stage(res, "analyze", d["eda"], _fingerprint("eda", prep_fp), cfg.force,
            lambda: analyze.run(analyze.AnalyzeConfig(data=d["prep"], out=d["eda"])))
     index_fp = _stage(res, "index", d["index"], _fingerprint("index", prep_fp, cfg.embedder, cfg.index_budget),
-                      cfg.force, lambda: rag.run(rag.IndexConfig(data=d["prep"], out=d["index"], embedder=cfg.embedder,
-                                                                 budget=cfg.index_budget)))
+                      cfg.force, lambda: rag.run(rag.IndexConfig(
+                          data=d["prep"], out=d["index"], embedder=cfg.embedder, budget=cfg.index_budget,
+                          # a finished index built from other inputs (data, budget) is replaced; an
+                          # interrupted first build (no stamp yet) resumes
+                          rebuild=(d["index"] / f".index{STAMP}").is_file())))
     limit = cfg.limit if cfg.limit is not None else min(AUTO_TEST_LIMIT, split_rows(d["prep"], "test"))
     eval_common = dict(
         data=d["prep"], out=d["eval"], index=d["index"], limit=limit, seen_limit=cfg.seen_limit,
@@ -173,12 +176,20 @@ def run(cfg: DemoConfig) -> DemoResult:
         train_kw.update(rag_index=d["index"], max_length=448, mask_unsupported=True, mask_scope="plain")
     preset = cfg.train_config
     train_fp = _stage(res, "train", d["run"], _fingerprint("train", prep_fp, index_fp, train_kw, str(preset)), cfg.force,
-                      lambda: train.run(_train_config(train, preset, train_kw)))
+                      lambda: train.run(_train_config(train, preset, {**train_kw, **_rerun_flags(d["run"])})))
     _stage(res, "evaluate", d["eval"], _fingerprint("ev", index_fp, train_fp, eval_common), cfg.force,
            lambda: evaluate.run(config.build(evaluate.EvalConfig, run=d["run"], **eval_common)))
     res.report = read_json(d["eval"] / "report.json")
     write_summary(res, cfg, data)
     return res
+
+
+def _rerun_flags(run_dir: Path) -> dict[str, bool]:
+    """How the train stage may use a run folder that already holds a run: a finished run from other
+    inputs (its stamp is there) starts afresh; an interrupted one (checkpoints, no stamp) resumes."""
+    if (run_dir / f".train{STAMP}").is_file():
+        return {"overwrite": True}
+    return {"resume": True} if (run_dir / "checkpoints").is_dir() else {}
 
 
 def _train_config(train: Any, preset: Path | None, kw: dict[str, Any]) -> Any:
