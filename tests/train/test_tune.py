@@ -186,6 +186,16 @@ def test_rouge_l_objective_is_maximised_within_a_study_wide_budget(setup, capsys
     assert _tune(data, base, out, *flags) == 0  # no trial starts after the budget: exactly one runs
     (t,) = _study(out).get_trials()
     assert _study(out).direction.name == "MAXIMIZE" and 0.0 <= t.value <= 1.0 and t.user_attrs["rouge_l"] == t.value
+    # rouge_l also searches evaluate's repetition rules; they go to best_decoding.json, not to the training preset
+    assert set(tune.DECODING_SPACE) <= set(t.params)
+    dec = json.loads((out / "best_decoding.json").read_text())
+    assert dec["repetition_penalty"] == t.params["repetition_penalty"] and dec["trial"] == t.number
+    assert dec["evaluate_flags"] == (f"--repetition-penalty {t.params['repetition_penalty']} "
+                                     f"--no-repeat-ngram-size {t.params['no_repeat_ngram_size']}")
+    best = config.load_yaml(out / "best.yaml")
+    assert not set(tune.DECODING_SPACE) & set(best) and "best_decoding.json" in (out / "best.yaml").read_text()
+    config.build(TrainConfig, best, data=data, out=out / "again")  # still a train preset
+    assert not set(tune.DECODING_SPACE) & set(tune.search_space({}))  # validation loss cannot see decoding
     assert _tune(data, base, out, *flags) == 0  # the budget counts the whole study: spent already
     assert len(_study(out).get_trials()) == 1 and "already reached" in capsys.readouterr().out
 

@@ -51,6 +51,13 @@ SPACE: dict[str, tuple] = {
     "epochs": ("choice", [1.0, 2.0, 3.0]),
 }
 """Searched TrainConfig keys: ("log", low, high) or ("choice", values)."""
+DECODING_SPACE: dict[str, tuple] = {
+    "repetition_penalty": ("choice", [1.0, 1.1, 1.3]),
+    "no_repeat_ngram_size": ("choice", [0, 3]),
+}
+"""Decoding keys searched with ``--objective rouge_l`` only (validation loss does not see decoding):
+evaluate's repetition rules, applied to the output tokens as evaluate applies them. The best
+values go to ``best_decoding.json`` as evaluate options; best.yaml stays a training preset."""
 _BUDGET = re.compile(r"(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?")
 
 
@@ -131,10 +138,11 @@ class TuneResult:
 
 
 # -- search space and trials -----------------------------------------------------------------
-def search_space(base: dict[str, Any]) -> dict[str, tuple]:
-    """The part of :data:`SPACE` that ``base`` leaves open (max_steps fixes the length: no epochs)."""
+def search_space(base: dict[str, Any], objective: str = "val_loss") -> dict[str, tuple]:
+    """The part of :data:`SPACE` that ``base`` leaves open (max_steps fixes the length: no epochs),
+    plus :data:`DECODING_SPACE` when the objective scores generated text."""
     fixed = set(base) | ({"epochs"} if base.get("max_steps") is not None else set())
-    return {k: v for k, v in SPACE.items() if k not in fixed}
+    return {k: v for k, v in SPACE.items() if k not in fixed} | (DECODING_SPACE if objective == "rouge_l" else {})
 
 
 def suggest(trial: Any, space: dict[str, tuple]) -> dict[str, Any]:
@@ -192,7 +200,9 @@ def objective(trial: Any, cfg: TuneConfig, base: dict[str, Any], space: dict[str
 
     run_dir = _run_dir(cfg.out, trial.number)
     known = trial.study.user_attrs.get("initial_val_loss")
-    tcfg = trial_config(base, suggest(trial, space), cfg.data, run_dir, known)
+    params = suggest(trial, space)
+    decoding = {k: params.pop(k) for k in DECODING_SPACE if k in params}
+    tcfg = trial_config(base, params, cfg.data, run_dir, known)
     check = PruneCheck(trial, 1.0 if cfg.objective == "val_loss" else -1.0)
     try:
         s = train(tcfg, callback=check).summary
@@ -213,14 +223,16 @@ def objective(trial: Any, cfg: TuneConfig, base: dict[str, Any], space: dict[str
         trial.study.stop()
         return math.nan
     if cfg.objective == "rouge_l":
-        value = rouge_l(run_dir, cfg.data, cfg.rouge_samples, cfg.rouge_tokens)
+        value = rouge_l(run_dir, cfg.data, cfg.rouge_samples, cfg.rouge_tokens, decoding)
         trial.set_user_attr("rouge_l", value)
         return value
     return float(s["best_val_loss"])
 
 
-def rouge_l(run_dir: Path, data: Path, n: int, max_new_tokens: int) -> float:
+def rouge_l(run_dir: Path, data: Path, n: int, max_new_tokens: int, decoding: dict[str, Any] | None = None) -> float:
     """Mean ROUGE-L F (stemmed, as ``evaluate``) of greedy outputs for the first ``n`` validation records.
+
+    ``decoding`` overrides evaluate's ``repetition_penalty`` / ``no_repeat_ngram_size`` (the trial's).
 
     A minimal copy of ``infer.Generator`` + ``evaluate.metrics.rouge``: `train` may not import
     those later stages (tests/test_layout.py), so this uses core and peft directly.
@@ -245,6 +257,8 @@ def rouge_l(run_dir: Path, data: Path, n: int, max_new_tokens: int) -> float:
     kw.pop("ground_penalty", None)  # off by default; this bare loop has no GroundedNames (rouge objective only)
     kw.pop("guidance", None)  # nor title guidance: trials compare recipes under the plain greedy rule, at half the cost
     rules = (kw.pop("repetition_penalty"), kw.pop("no_repeat_ngram_size"))
+    if decoding:
+        rules = (float(decoding.get("repetition_penalty", rules[0])), int(decoding.get("no_repeat_ngram_size", rules[1])))
     if kw.pop("penalty_scope") == "all":
         kw.update(repetition_penalty=rules[0], no_repeat_ngram_size=rules[1])
         rules = (1.0, 0)
@@ -319,7 +333,7 @@ def load_base(cfg: TuneConfig) -> tuple[dict[str, Any], TrainConfig]:
         raise CatalogtuneError("objective val_loss needs validation: the base config sets eval_every 0")
     read_split(cfg.data, "train", limit=1)  # missing data -> one-line error now
     read_split(cfg.data, "val", limit=1)
-    if not search_space(base):
+    if not search_space(base, cfg.objective):
         raise CatalogtuneError(f"the base config fixes every searched key ({', '.join(SPACE)}): nothing to search")
     return base, checked
 
@@ -331,7 +345,7 @@ def run(cfg: TuneConfig) -> TuneResult:
     from optuna.trial import TrialState
 
     base, checked = load_base(cfg)
-    space = search_space(base)
+    space = search_space(base, cfg.objective)
     done_states = (TrialState.COMPLETE, TrialState.PRUNED)
     with folder_lock(cfg.out):
         study = open_study(cfg, base, checked.eval_every)

@@ -59,8 +59,18 @@ def write_best(study: Any, out: Path, n_trials: int) -> dict[str, Any] | None:
     preset = {k: v for k, v in config.load_yaml(run_dir / "config.yaml").items() if k not in PER_TRIAL}
     head = (f"# catalogtune tune: best of {n_trials} trials (trial {t.number}, value {t.value:.6g}); run folder {run_dir}\n"
             f"# catalogtune train --config best.yaml --data DIR --out RUN_DIR\n")
+    from catalogtune.train.tune import DECODING_SPACE
+
+    decoding = {k: t.params[k] for k in DECODING_SPACE if k in t.params}
+    flags = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in decoding.items())
+    if decoding:  # evaluate options, not training keys: their own file, named in best.yaml's header
+        head += f"# decoding of that trial (best_decoding.json): catalogtune evaluate ... {flags}\n"
+        atomic_write_json(out / "best_decoding.json", {**decoding, "evaluate_flags": flags, "trial": t.number})
+    else:
+        (out / "best_decoding.json").unlink(missing_ok=True)
     atomic_write_text(out / "best.yaml", head + yaml.safe_dump(preset, sort_keys=False))
-    return {"number": t.number, "value": t.value, "params": dict(t.params), "run_dir": str(run_dir), "config": preset}
+    return {"number": t.number, "value": t.value, "params": dict(t.params), "run_dir": str(run_dir), "config": preset,
+            "decoding": decoding}
 
 
 def write_reports(study: Any, cfg: Any, space: dict[str, tuple], rate: float | None,
