@@ -22,7 +22,7 @@ STAMP = ".stage.json"
 """Suffix of each stage's stamp file inside its folder (``.NAME.stage.json``)."""
 AUTO_TEST_LIMIT = 120
 """Test records per system when ``limit`` is empty: enough for the paired intervals (the shared
-files' whole test split), few enough for the full catalogue's 337k test records to fit a demo."""
+files' whole test split), few enough for the full catalogue's ~200k test records to fit a demo."""
 MAIN_METRICS = ("perplexity", "rouge_l", "chrf", "cosine", "unsupported_rate", "invented_attribution_rate",
                 "quote_style_share")
 
