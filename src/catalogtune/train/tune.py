@@ -37,7 +37,7 @@ from typing import Any
 from catalogtune.core import config
 from catalogtune.core.util import CatalogtuneError, atomic_write_json, require
 from catalogtune.train.stage import TrainConfig
-from catalogtune.train.tune_report import PER_TRIAL, _run_dir, write_reports
+from catalogtune.train.tune_report import DECODING_SPACE, PER_TRIAL, _run_dir, write_reports
 
 STUDY = "catalogtune"
 ATTENTION = ["q_proj", "k_proj", "v_proj", "o_proj"]
@@ -50,14 +50,9 @@ SPACE: dict[str, tuple] = {
     "lora_dropout": ("choice", [0.0, 0.05]),
     "epochs": ("choice", [1.0, 2.0, 3.0]),
 }
-"""Searched TrainConfig keys: ("log", low, high) or ("choice", values)."""
-DECODING_SPACE: dict[str, tuple] = {
-    "repetition_penalty": ("choice", [1.0, 1.1, 1.3]),
-    "no_repeat_ngram_size": ("choice", [0, 3]),
-}
-"""Decoding keys searched with ``--objective rouge_l`` only (validation loss does not see decoding):
-evaluate's repetition rules, applied to the output tokens as evaluate applies them. The best
-values go to ``best_decoding.json`` as evaluate options; best.yaml stays a training preset."""
+"""Searched TrainConfig keys: ("log", low, high) or ("choice", values); with the rouge_l objective
+also ``DECODING_SPACE`` (in tune_report, which writes its best values)."""
+
 _BUDGET = re.compile(r"(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?")
 
 

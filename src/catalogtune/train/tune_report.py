@@ -13,6 +13,13 @@ from catalogtune.core.util import atomic_write, atomic_write_json, atomic_write_
 
 PER_TRIAL = ("data", "out", "resume", "overwrite", "memory_probe", "initial_val_loss")
 """Keys each trial sets itself (dropped from the base config and from best.yaml)."""
+DECODING_SPACE: dict[str, tuple] = {
+    "repetition_penalty": ("choice", [1.0, 1.1, 1.3]),
+    "no_repeat_ngram_size": ("choice", [0, 3]),
+}
+"""Decoding keys searched with ``--objective rouge_l`` only (validation loss does not see decoding):
+evaluate's repetition rules, applied to the output tokens as evaluate applies them. The best
+values go to ``best_decoding.json`` as evaluate options; best.yaml stays a training preset."""
 
 
 def _run_dir(out: Path, number: int) -> Path:
@@ -59,8 +66,6 @@ def write_best(study: Any, out: Path, n_trials: int) -> dict[str, Any] | None:
     preset = {k: v for k, v in config.load_yaml(run_dir / "config.yaml").items() if k not in PER_TRIAL}
     head = (f"# catalogtune tune: best of {n_trials} trials (trial {t.number}, value {t.value:.6g}); run folder {run_dir}\n"
             f"# catalogtune train --config best.yaml --data DIR --out RUN_DIR\n")
-    from catalogtune.train.tune import DECODING_SPACE
-
     decoding = {k: t.params[k] for k in DECODING_SPACE if k in t.params}
     flags = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in decoding.items())
     if decoding:  # evaluate options, not training keys: their own file, named in best.yaml's header
