@@ -344,6 +344,10 @@ def _letters(text: str, regions: list[tuple[int, int]]) -> int:
     return sum(len(_NON_LETTERS.sub("", text[a:b])) for a, b in regions)
 
 
+WHOLE_SIGN_SCAN_CHARS = 4000
+"""Texts longer than this scan for signatures in one pass over the whole text (see _unquoted_signs)."""
+
+
 def _sign_matches(text: str, taken: list[tuple[int, int]]) -> list[re.Match]:
     """The matches of ``_UNQUOTED_SIGN.finditer(text)`` that can be signatures, in order.
 
@@ -390,7 +394,10 @@ def _unquoted_signs(text: str, taken: list[tuple[int, int]]) -> list[tuple[int, 
 
     Two signatures are needed (one could be prose naming a newspaper), or one after a dash.
     """
-    hits = [m for m in _sign_matches(text, taken) if m.group("src").split()[-1].strip(".,") in _PUBLICATION
+    # _sign_matches rescans from the last match for every name, so a long text with many names and no
+    # barrier costs names x length (a 29,000-character repeated blurb: 3 s); there one whole scan is linear
+    found = _UNQUOTED_SIGN.finditer(text) if len(text) > WHOLE_SIGN_SCAN_CHARS else _sign_matches(text, taken)
+    hits = [m for m in found if m.group("src").split()[-1].strip(".,") in _PUBLICATION
             and not any(a <= m.start("src") < b for a, b in taken)]
     if len(hits) < 2 and not any(_DASH_LEAD.match(m.group(0)) for m in hits):
         return []
