@@ -17,6 +17,7 @@ from typing import Any, Callable
 
 from catalogtune.core import config
 from catalogtune.core.util import CatalogtuneError, atomic_write_json, atomic_write_text, read_json, shared_data
+from catalogtune.data.io import split_rows  # reads Parquet footers; pyarrow loads only when called
 
 STAMP = ".stage.json"
 """Suffix of each stage's stamp file inside its folder (``.NAME.stage.json``)."""
@@ -138,7 +139,6 @@ def run(cfg: DemoConfig) -> DemoResult:
     from catalogtune.rag import index as rag
     from catalogtune.train import stage as train
     from catalogtune.data import prepare
-    from catalogtune.data.io import split_rows
 
     data = _default_data(cfg.data)
     out = Path(cfg.out)
@@ -262,7 +262,6 @@ def full_run_projection(train_summary: dict[str, Any], epochs: float, train_reco
 
 def plan_rows(out: Path, report: dict[str, Any], train_summary: dict[str, Any]) -> list[dict[str, Any]]:
     """What each stage covered of the data: the whole of it, or the part its budget allowed."""
-    from catalogtune.data.io import split_rows
 
     prep = out / "prep"
     q = read_json(prep / "quality_report.json") if (prep / "quality_report.json").is_file() else {}
@@ -317,7 +316,6 @@ def write_summary(res: DemoResult, cfg: DemoConfig, data: list[Path]) -> None:
     train_keys = ("steps", "wall_s", "useful_tokens_per_s", "initial_val_loss", "best_val_loss", "stopped")
     train_row = [{k: train_summary.get(k) for k in train_keys}]
     app_cmd = f"catalogtune app --workspace {out}"
-    from catalogtune.data.io import split_rows
 
     coverage = plan_rows(out, res.report, train_summary)
     run_cfg = config.load_yaml(out / "run" / "config.yaml") if (out / "run" / "config.yaml").is_file() else {}

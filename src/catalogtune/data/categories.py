@@ -44,6 +44,10 @@ _CAT_PATTERNS = {
 }
 
 
+STRATA = "title length x inferred category"
+"""How ``stratum`` groups records (run summaries name their samples' strata with it)."""
+
+
 def title_bucket(title: str) -> str:
     """The title-length bucket of a title."""
     n = len(title or "")

@@ -292,7 +292,7 @@ class Loop:
 
     def use_sample(self, n: int) -> None:
         """Train on ``stratified_sample(records, n)`` (seeded by the run's seed) instead of every record."""
-        from catalogtune.data.categories import stratified_sample
+        from catalogtune.data.categories import STRATA, stratified_sample
 
         idx = stratified_sample(self.records, n, self.cfg.seed)
         self.examples = [self.examples[i] for i in idx]
@@ -300,7 +300,7 @@ class Loop:
         self.sched = make_schedule(len(self.examples), self.cfg.batch_size, self.cfg.grad_accum, self.cfg.seed,
                                    self.acc.num_processes, self.acc.process_index)
         self.data_info["sample"] = {"records": len(idx), "of": self.data_info["n_train"],
-                                    "strata": "title length x inferred category", "seed": self.cfg.seed}
+                                    "strata": STRATA, "seed": self.cfg.seed}
 
     @torch.no_grad()
     def evaluate(self) -> float:
@@ -512,5 +512,7 @@ def train(cfg: Any, train_rows: list[dict], val_rows: list[dict],
     """
     loop = Loop(cfg, train_rows, val_rows)
     if pool:
-        loop.data_info["pool"] = dict(pool, strata="title length x inferred category")
+        from catalogtune.data.categories import STRATA
+
+        loop.data_info["pool"] = dict(pool, strata=STRATA)
     return loop.run(callback)
