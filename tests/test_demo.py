@@ -91,3 +91,36 @@ def test_demo_with_another_index_budget_replaces_the_index(tmp_path, sample_path
     assert man["budget"] == "1h" and man["limit"] is None and man["count"] > rag.PROBE_RECORDS + 40
     # ... and the stages after it run again on the new index (train starts afresh in its folder)
     assert "index" not in res.skipped and "train" not in res.skipped and "prepare" in res.skipped
+
+
+def test_total_budget_is_shared_by_the_stages_and_a_rerun_skips_them(tmp_path, sample_path, tiny_model_dir,
+                                                                     monkeypatch, capsys):
+    from catalogtune.evaluate import stage as evaluate
+    from catalogtune.rag import index as rag
+
+    real_plan = rag.plan
+    monkeypatch.setattr(rag, "plan", lambda *a, **k: (real_plan(*a, **k)[0], 1.0))  # 1 s a record
+    monkeypatch.setattr(evaluate, "BUDGET_MARGIN", 1e-6)  # the evaluation fits only its probe batch
+    cfg = DemoConfig(data=sample_path, out=tmp_path / "d", model=str(tiny_model_dir), max_steps=1, seen_limit=0,
+                     max_new_tokens=4, embedder="hash", budget="3m")
+    res = run(cfg)
+    out = tmp_path / "d"
+    from catalogtune.data.io import split_rows
+
+    n_train, n_test = split_rows(out / "prep", "train"), split_rows(out / "prep", "test")
+    man = json.loads((out / "index" / "index.json").read_text())
+    # 15 % of what prepare and analyze left of 3 minutes is under a minute: the index gets MIN_STAGE_S
+    assert man["budget"] == "60s" and man["count"] == rag.PROBE_RECORDS + 60 < n_train
+    kept = json.loads((out / "eval" / evaluate.BUDGET_FILE).read_text())["kept"]
+    assert kept == 16 < n_test  # the probe batch (evaluate's batch size)
+    assert {m["n"] for m in res.report["systems"].values()} == {kept}  # the last evaluation: the same records
+    summary = (out / "summary.md").read_text()
+    assert f"| evaluate | {kept} test records per system (budget: the first {kept} fitted) |" in summary
+    assert "Budget 3m: the stages took" in summary
+    printed = capsys.readouterr().out
+    assert "[demo] budget 3m: " in printed and "train gets" in printed
+    # the shares move with the clock; the stamps hold the total budget, so nothing re-runs
+    again = run(cfg)
+    assert sorted(again.skipped) == sorted(res.timings)
+    with pytest.raises(ValueError, match="budget must look like"):
+        DemoConfig(data=sample_path, budget="fast")

@@ -64,6 +64,12 @@ class DemoConfig:
     train_budget: str | None = "30m"
     """Wall-time budget of the training stage (train --budget): on the shared files it does not bind on
     a quiet CPU; on the full catalogue it keeps the steps that fit and the summary says so."""
+    budget: str | None = None
+    """Wall-time budget of the whole demo (45m, 2h). prepare and analyze run whole (one pass each);
+    what is left is shared out as each later stage starts (index 15 %, evaluate-base 25 %, train
+    35 %, the last evaluation the rest), so a stage that ends early or late gives or takes time from
+    the ones after it. Replaces --index-budget and --train-budget, and cuts the test records to the
+    ones that fit (evaluate --budget); the summary says what each stage covered."""
     max_new_tokens: int = 128
     """Generation budget per description (the sample's median description is ~100 tokens)."""
     embedder: str = "minilm"
@@ -77,6 +83,10 @@ class DemoConfig:
         self.data = [Path(p) for p in self.data]
         if (self.limit is not None and self.limit <= 0) or self.seen_limit < 0:
             raise ValueError("limit must be positive (or empty) and seen_limit not negative")
+        if self.budget is not None:
+            from catalogtune.core.util import budget_seconds
+
+            budget_seconds(self.budget)
 
 
 @dataclass
@@ -110,9 +120,10 @@ def _stage(res: DemoResult, name: str, folder: Path, fp: str, force: bool, fn: C
             pass
     print(f"[demo] {name} ...", flush=True)
     t0 = time.perf_counter()
-    fn()
+    info = fn()
     res.timings[name] = round(time.perf_counter() - t0, 1)
-    atomic_write_json(stamp, {"fingerprint": fp, "seconds": res.timings[name], "finished": time.time()})
+    atomic_write_json(stamp, {"fingerprint": fp, "seconds": res.timings[name], "finished": time.time(),
+                              **({"info": info} if isinstance(info, dict) else {})})
     print(f"[demo] {name}: done in {res.timings[name]:.1f} s", flush=True)
     return fp
 
@@ -140,6 +151,7 @@ def run(cfg: DemoConfig) -> DemoResult:
     from catalogtune.train import stage as train
     from catalogtune.data import prepare
 
+    t_start = time.perf_counter()
     data = _default_data(cfg.data)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -153,9 +165,12 @@ def run(cfg: DemoConfig) -> DemoResult:
     prep_fp = fp
     _stage(res, "analyze", d["eda"], _fingerprint("eda", prep_fp), cfg.force,
            lambda: analyze.run(analyze.AnalyzeConfig(data=d["prep"], out=d["eda"])))
-    index_fp = _stage(res, "index", d["index"], _fingerprint("index", prep_fp, cfg.embedder, cfg.index_budget),
+    clock = Budget(cfg.budget, t_start)
+    # with a total budget the fingerprints hold it, not each stage's share (which moves with the clock)
+    index_fp = _stage(res, "index", d["index"], _fingerprint("index", prep_fp, cfg.embedder, clock.spec or cfg.index_budget),
                       cfg.force, lambda: rag.run(rag.IndexConfig(
-                          data=d["prep"], out=d["index"], embedder=cfg.embedder, budget=cfg.index_budget,
+                          data=d["prep"], out=d["index"], embedder=cfg.embedder,
+                          budget=_index_budget(d["index"], clock.share("index"), cfg.index_budget),
                           # a finished index built from other inputs (data, budget) is replaced; an
                           # interrupted first build (no stamp yet) resumes
                           rebuild=(d["index"] / f".index{STAMP}").is_file())))
@@ -164,24 +179,89 @@ def run(cfg: DemoConfig) -> DemoResult:
         data=d["prep"], out=d["eval"], index=d["index"], limit=limit, seen_limit=cfg.seen_limit,
         max_new_tokens=cfg.max_new_tokens, embedder=cfg.embedder,
     )
+
+    def evaluate_base() -> dict[str, Any]:
+        budget = clock.share("evaluate-base")
+        rep = evaluate.run(config.build(evaluate.EvalConfig, model=cfg.model, **eval_common, budget=budget)).report
+        return {"test_records": rep.get("n_items"), "budget": budget}
+
     # Before: the base model alone (the evaluation caches these outputs for the "after" pass).
-    _stage(res, "evaluate-base", d["eval"], _fingerprint("evb", index_fp, cfg.model, eval_common),
-           cfg.force, lambda: evaluate.run(config.build(evaluate.EvalConfig, model=cfg.model, **eval_common)))
-    train_kw: dict[str, Any] = dict(data=d["prep"], out=d["run"], model=cfg.model, max_steps=cfg.max_steps,
-                                    budget=cfg.train_budget)
+    _stage(res, "evaluate-base", d["eval"], _fingerprint("evb", index_fp, cfg.model, eval_common, *([clock.spec] if clock.spec else [])),
+           cfg.force, evaluate_base)
+    if clock.spec:  # the last evaluation answers the records the base model's budget fitted: paired
+        eval_common["limit"] = _stage_info(d["eval"], "evaluate-base").get("test_records") or limit
+    train_kw: dict[str, Any] = dict(data=d["prep"], out=d["run"], model=cfg.model, max_steps=cfg.max_steps)
     if cfg.retrieval_training:
         # references in half of the prompts need room: about 290 prompt tokens with 3 records;
         # no loss on invented names and numbers in the prompts without references (validation
         # n = 69 and test n = 120: fewer unsupported claims, ROUGE-L and the RAG gain kept)
         train_kw.update(rag_index=d["index"], max_length=448, mask_unsupported=True, mask_scope="plain")
     preset = cfg.train_config
-    train_fp = _stage(res, "train", d["run"], _fingerprint("train", prep_fp, index_fp, train_kw, str(preset)), cfg.force,
-                      lambda: train.run(_train_config(train, preset, {**train_kw, **_rerun_flags(d["run"])})))
+    train_fp = _stage(res, "train", d["run"],
+                      _fingerprint("train", prep_fp, index_fp, {**train_kw, "budget": clock.spec or cfg.train_budget}, str(preset)),
+                      cfg.force, lambda: train.run(_train_config(train, preset, {
+                          **train_kw, "budget": clock.share("train") or cfg.train_budget, **_rerun_flags(d["run"])})))
     _stage(res, "evaluate", d["eval"], _fingerprint("ev", index_fp, train_fp, eval_common), cfg.force,
            lambda: evaluate.run(config.build(evaluate.EvalConfig, run=d["run"], **eval_common)))
     res.report = read_json(d["eval"] / "report.json")
     write_summary(res, cfg, data)
     return res
+
+
+STAGE_SHARES = {"index": 0.15, "evaluate-base": 0.25, "train": 0.35, "evaluate": 0.25}
+"""How ``--budget`` is shared by the stages after analyze: each stage gets its share of what is left
+when it starts, over the shares of the stages still to run (the last evaluation is not cut: it
+answers the records evaluate-base fitted, and its share is what is left)."""
+MIN_STAGE_S = 60
+"""Fewest seconds a budgeted stage is given, however late it starts (it still keeps a first step,
+a first batch of records)."""
+
+
+class Budget:
+    """The demo's total wall-time budget, shared out stage by stage from a clock started at ``t0``."""
+
+    def __init__(self, spec: str | None, t0: float):
+        from catalogtune.core.util import budget_seconds
+
+        self.spec, self.t0 = spec, t0
+        self.total = budget_seconds(spec) if spec else None
+        self.given: dict[str, int] = {}
+
+    def share(self, stage: str) -> str | None:
+        """This stage's budget as a string for its config (None without a total budget)."""
+        if self.total is None:
+            return None
+        names = list(STAGE_SHARES)
+        rest = sum(STAGE_SHARES[n] for n in names[names.index(stage):])
+        left = self.total - (time.perf_counter() - self.t0)
+        seconds = max(MIN_STAGE_S, int(left * STAGE_SHARES[stage] / rest))
+        self.given[stage] = seconds
+        print(f"[demo] budget {self.spec}: {left / 60:.1f} min left; {stage} gets {seconds / 60:.1f} min", flush=True)
+        return f"{seconds}s"
+
+
+def _index_budget(folder: Path, share: str | None, default: str | None) -> str | None:
+    """The index build's budget: a build that was interrupted after its budget decided keeps that
+    budget (index refuses another on resume); else this demo's share, or --index-budget."""
+    if share is None:
+        return default
+    man = folder / "index.json"
+    if man.is_file() and not (folder / f".index{STAMP}").is_file():
+        try:
+            prior = read_json(man).get("budget")
+        except (OSError, ValueError):
+            prior = None
+        if prior:
+            return str(prior)
+    return share
+
+
+def _stage_info(folder: Path, name: str) -> dict[str, Any]:
+    """What a finished stage recorded in its stamp (``info``), or {}."""
+    try:
+        return dict(read_json(folder / f".{name}{STAMP}").get("info") or {})
+    except (OSError, ValueError, TypeError):
+        return {}
 
 
 def _rerun_flags(run_dir: Path) -> dict[str, bool]:
@@ -282,8 +362,23 @@ def plan_rows(out: Path, report: dict[str, Any], train_summary: dict[str, Any]) 
                      f"({train_summary.get('stopped')})", "of": f"{(pool or {}).get('of') or n_train:,} training records"})
     n_eval = (report.get("systems", {}).get("base") or {}).get("n")
     if n_eval:
-        rows.append({"stage": "evaluate", "covered": f"{n_eval:,} test records per system", "of": f"{n_test:,} test records"})
+        fit = _stage_info(out / "eval", "evaluate-base")
+        cut = f" (budget: the first {n_eval:,} fitted)" if fit.get("budget") and n_eval < n_test else ""
+        rows.append({"stage": "evaluate", "covered": f"{n_eval:,} test records per system{cut}",
+                     "of": f"{n_test:,} test records"})
     return rows
+
+
+def budget_text(cfg: DemoConfig, res: DemoResult) -> str:
+    """One sentence on the total budget against the time this invocation took ('' without one)."""
+    if not cfg.budget:
+        return ""
+    from catalogtune.core.util import budget_seconds
+
+    took = sum(res.timings.values())
+    verdict = "within it" if took <= budget_seconds(cfg.budget) else "over it"
+    skipped = f" ({', '.join(res.skipped)} up to date, not re-run)" if res.skipped else ""
+    return f"Budget {cfg.budget}: the stages took {took / 60:.1f} min in all, {verdict}{skipped}."
 
 
 def _hours(h: float) -> str:
@@ -321,6 +416,8 @@ def write_summary(res: DemoResult, cfg: DemoConfig, data: list[Path]) -> None:
     run_cfg = config.load_yaml(out / "run" / "config.yaml") if (out / "run" / "config.yaml").is_file() else {}
     projection = _projection_text(full_run_projection(train_summary, float(run_cfg.get("epochs") or 1),
                                                       split_rows(out / "prep", "train")))
+    spent = budget_text(cfg, res)
+    projection = " ".join(t for t in (spent, projection) if t)
     md = [
         "# catalogtune demo summary", "",
         "Data: " + ", ".join(f"`{p}`" for p in data) + "  ", f"Base model: `{cfg.model}`", "",

@@ -344,3 +344,46 @@ def test_plan_never_prints_a_negative_remainder():
     assert lines == []  # nothing to generate was announced
     plan.first_batch("test base_rag", 1, 6.7, left=1)
     assert "; 1 left in all -> about 7 s" in lines[-1]
+
+
+class SlowGenerator(FakeGenerator):
+    """The fake generator at a known pace: ``seconds`` per prompt."""
+
+    def __init__(self, seconds: float):
+        super().__init__()
+        self.seconds = seconds
+
+    def generate(self, prompts, *a, **kw):
+        import time
+
+        time.sleep(self.seconds * len(prompts))
+        return super().generate(prompts, *a, **kw)
+
+
+def test_budget_cuts_the_test_records_to_what_fits_and_a_rerun_keeps_them(tmp_path, data_dir, monkeypatch):
+    gen = SlowGenerator(0.2)  # 0.4 s per test record over the two model systems
+    _patch(monkeypatch, gen)
+    lines: list[str] = []
+    kw = dict(limit=None, seen_limit=0, systems=["base", "finetuned", "title-copy"], budget="2s")
+    rep = evaluate.run(_cfg(tmp_path, data_dir, **kw), log=lines.append).report
+    fit = rep["plan"]["budget"]
+    kept = fit["kept"]
+    # the probe batch (2 records) always stays; the 10 test records cannot all fit in 2 s
+    assert 2 <= kept < 10 and fit["test_records"] == 10 and fit["s_per_record"]["base"] >= 0.2
+    assert rep["n_items"] == kept and {m["n"] for m in rep["systems"].values()} == {kept}
+    assert gen.generated == 2 * kept  # the probe's answers were reused, none generated twice
+    assert any(f"the first {kept} of 10 test records fit" in m for m in lines)
+    assert read_json(tmp_path / "eval" / evaluate.BUDGET_FILE)["kept"] == kept
+
+    again = FakeGenerator()  # a re-run with the same budget: the same records, all from the cache
+    _patch(monkeypatch, again)
+    rep2 = evaluate.run(_cfg(tmp_path, data_dir, **kw), log=lambda m: None).report
+    assert again.generated == 0 and rep2["n_items"] == kept
+    assert rep2["systems"]["finetuned"] == rep["systems"]["finetuned"]
+
+    roomy = FakeGenerator()  # a budget that fits everything evaluates the whole split
+    _patch(monkeypatch, roomy)
+    rep3 = evaluate.run(_cfg(tmp_path, data_dir, **{**kw, "budget": "10m"}), log=lambda m: None).report
+    assert rep3["n_items"] == 10 and roomy.generated == 2 * (10 - kept)
+    with pytest.raises(ValueError, match="budget must look like"):
+        _cfg(tmp_path, data_dir, budget="soon")

@@ -97,6 +97,10 @@ class EvalConfig:
     """Rows in the samples table of report.html."""
     bf16: bool | None = None
     """bf16 autocast while generating (default: the generator decides; --no-bf16 forces fp32)."""
+    budget: str | None = None
+    """Wall-time budget of the whole evaluation (20m, 1h): each model system first answers one batch
+    of test records (kept, like every answer, in the cache), and the test records are cut to the
+    first N that the measured rate fits in what is left; the report's plan says how many."""
 
     def __post_init__(self) -> None:
         if self.data is None and self.test is None:
@@ -118,6 +122,10 @@ class EvalConfig:
             raise ValueError("bootstrap may not be negative")
         if self.seen_limit < 0 or self.samples < 0:
             raise ValueError("seen_limit and samples may not be negative")
+        if self.budget is not None:
+            from catalogtune.core.util import budget_seconds
+
+            budget_seconds(self.budget)  # a bad budget fails here, not after loading the model
         if self.split not in ("test", "val"):
             raise ValueError(f"split must be test or val, not {self.split!r}")
         bad = [s for s in self.systems if s not in SYSTEMS]
@@ -307,6 +315,72 @@ def _minutes(seconds: float) -> str:
     return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
 
 
+BUDGET_FILE = "budget.json"
+"""What a budgeted evaluation decided (budget, records kept), so that a re-run resumes the same records."""
+BUDGET_MARGIN = 0.85
+"""Share of the budget left after the probe that the test records may use: scoring, the metric
+models and the report take the rest (about 10 % of an evaluation on the shared files)."""
+
+
+def fit_budget(cfg: EvalConfig, ctx: dict, splits: dict[str, list[dict]], systems: list[str], t0: float,
+               log: Callable[[str], None]) -> dict[str, Any]:
+    """Cut ``splits["test"]`` to the first records that ``cfg.budget`` fits; return what was decided.
+
+    Each model system answers the first batch of test records (cached: the full run reuses them),
+    which measures its seconds per record on this machine and these prompts; the seen products and
+    the probe titles are charged at the same rate, and the rest of the budget, less
+    ``BUDGET_MARGIN``, buys test records for every system at once (the comparisons are paired, so
+    every system answers the same ones). At least the probed batch is kept.
+    """
+    from catalogtune.core.util import budget_seconds
+
+    budget = budget_seconds(cfg.budget)
+    test, models = splits["test"], [s for s in systems if s in MODEL_SYSTEMS]
+    decided = Path(cfg.out) / BUDGET_FILE
+    try:
+        prior = json.loads(decided.read_text())
+    except (OSError, ValueError):
+        prior = None
+    if (isinstance(prior, dict) and prior.get("budget") == cfg.budget and prior.get("test_records") == len(test)
+            and prior.get("systems") == models and isinstance(prior.get("kept"), int)):
+        # a re-run (a killed evaluation resuming) keeps the first decision: the same records again
+        splits["test"] = test[: prior["kept"]]
+        log(f"evaluate plan: budget {cfg.budget}: the first {prior['kept']:,} of {len(test):,} test records, "
+            f"as decided before ({BUDGET_FILE})")
+        return prior
+    first = test[: cfg.batch_size]
+    rates = {}
+    for s in models:
+        contexts = retrieve(ctx["index"], first, cfg.k, exclude_self=False) if s.endswith("+rag") else None
+        cache = _cache_path(cfg, ctx["gen"], ctx["model_id"], ctx["adapter"], "test", s)
+        t = time.perf_counter()
+        _, made = run_system(ctx["gen"], cache, first, contexts, s.startswith("finetuned"), cfg, log)
+        # a probe answered from the cache measured nothing: charge it like the slowest measured one
+        rates[s] = (time.perf_counter() - t) / len(first) if made else None
+    measured = [r for r in rates.values() if r is not None]
+    fallback = max(measured) if measured else 0.0
+    per_record = sum(fallback if r is None else r for r in rates.values())
+    others = sum(len(items) for name, items in splits.items() if name != "test")
+    left = budget - (time.perf_counter() - t0)
+    if per_record > 0:
+        n = int((left * BUDGET_MARGIN - others * per_record) / per_record) + len(first)
+    else:  # every answer is cached already: nothing to generate, nothing to cut
+        n = len(test)
+    n = max(len(first), min(len(test), n))
+    info = {"budget": cfg.budget, "budget_s": budget, "s_per_record": {k: None if v is None else round(v, 3)
+            for k, v in rates.items()}, "test_records": len(test), "systems": models, "kept": n}
+    atomic_write_json(decided, info)
+    if n < len(test):
+        log(f"evaluate plan: budget {cfg.budget}: {per_record:.2f} s per test record over {len(models)} model "
+            f"system(s) -> the first {n:,} of {len(test):,} test records fit (with {others:,} seen and probe "
+            f"answers); the intervals are for n = {n:,}")
+        splits["test"] = test[:n]
+    else:
+        log(f"evaluate plan: budget {cfg.budget}: all {len(test):,} test records fit ({per_record:.2f} s per "
+            f"record over {len(models)} model system(s))")
+    return info
+
+
 def _plan(cfg: EvalConfig, ctx: dict, splits: dict[str, list[dict]], systems: list[str],
           log: Callable[[str], None]) -> Plan:
     """Count the descriptions not in the caches yet (by record id and content)."""
@@ -487,7 +561,10 @@ def _run_locked(cfg: EvalConfig, log: Callable[[str], None], t0: float, out: Pat
     embed, token_embed = embedders(cfg.embedder)
     ctx = {"gen": gen, "model_id": model_id, "adapter": adapter, "index": index, "embed": embed,
            "token_embed": token_embed}
+    fit = fit_budget(cfg, ctx, splits, systems, t0, log) if cfg.budget is not None else None
     ctx["plan"] = plan = _plan(cfg, ctx, splits, systems, log)
+    if fit is not None:
+        plan.info["budget"] = fit
     report: dict[str, Any] = {"records": {}}
     generated = 0
     for split, items in splits.items():
