@@ -189,3 +189,28 @@ def test_mask_scope_plain_masks_only_prompts_without_references(tiny):
         from catalogtune.train import TrainConfig
 
         TrainConfig(data="d", out="o", mask_scope="some")
+
+
+def test_kind_prompts_give_each_description_kind_its_own_instruction(tiny):
+    from catalogtune.core.prompt import KIND_INSTRUCTIONS
+
+    _, tok = tiny
+    records = [
+        {"title": "Brass Garden Tap", "content": "A solid brass garden tap with a 3/4 inch thread and a lever handle."},
+        {"title": "The Quiet Harbour", "content": "'A gripping read from start to finish.' Sunday Herald "
+                                                  "'Beautifully written and very moving.' Daily Courier"},
+    ]
+    plain = tokenize(records, tok, 256)
+    tagged = tokenize(records, tok, 256, kind_prompts=True)
+    assert plain.kinds == {"product": 2} and tagged.kinds == {"product": 1, "reviews": 1}
+    prompt_of = [tok.decode(ids[:n]) for ids, n in tagged.examples]
+    # the product description keeps the prompt every front end builds; the quotes get their own
+    assert tagged.examples[0] == plain.examples[0]
+    template = getattr(tok, "chat_template", None)
+    marker = {k: v[0] if template else f"### {v[1]}:" for k, v in KIND_INSTRUCTIONS.items()}
+    assert marker["reviews"] in prompt_of[1] and marker["product"] not in prompt_of[1]
+    assert marker["product"] in prompt_of[0]
+    assert tagged.examples[1][0][tagged.examples[1][1]:] == plain.examples[1][0][plain.examples[1][1]:]
+    # the plain template (no chat template) names the kind in its heading instead
+    assert "### Review quotes:" in build_prompt(None, "The Quiet Harbour", kind="reviews")
+    assert build_prompt(None, "Brass Garden Tap").endswith("### Description:\n")

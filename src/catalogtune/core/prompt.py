@@ -22,6 +22,15 @@ opening sentences, where the facts a neighbour shares (author, series, format) a
 max_length 448 and RAG prompts cost less prefill."""
 INSTRUCTION = "Write the product description for this catalogue title."
 PLAIN_TEMPLATE = "### Product title:\n{title}\n\n{context}### Description:\n"
+KIND_INSTRUCTIONS = {
+    "product": (INSTRUCTION, "Description"),
+    "reviews": ("Write the editorial review quotes for this catalogue title.", "Review quotes"),
+    "author_bio": ("Write the author biography for this catalogue title.", "Author biography"),
+    "boilerplate": ("Write the publisher's note for this catalogue title.", "Publisher's note"),
+}
+"""Instruction (chat template) and heading (plain template) per description kind (``data.kinds``).
+Inference always asks for ``product``, the prompt above; ``train --kind-prompts`` gives the other
+kinds of training description their own, so the model learns what the product instruction asks for."""
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 # Strings that tokenise to chat-control tokens (<|im_end|>, <end_of_turn>, <eos>...): text from a
@@ -90,19 +99,22 @@ def _context_block(context: Sequence[dict] | None) -> str:
     return "\n".join(lines) + "\n\n"
 
 
-def build_prompt(tokenizer: Any, title: str, context: Sequence[dict] | None = None, *, blank_title: bool = False) -> str:
+def build_prompt(tokenizer: Any, title: str, context: Sequence[dict] | None = None, *, blank_title: bool = False,
+                 kind: str = "product") -> str:
     """The text the model sees before the description (chat template when the model has one).
 
     ``blank_title`` leaves the title line empty (``title`` unused): title guidance's negative prompt.
+    ``kind`` (a key of ``KIND_INSTRUCTIONS``) is for training only: every front end asks for a product.
     """
     title = "" if blank_title else clean_title(title)
     ctx = _context_block(context)
+    instruction, heading = KIND_INSTRUCTIONS[kind]
     if getattr(tokenizer, "chat_template", None):
-        user = f"{INSTRUCTION}\n\n{ctx}Title: {title}"
+        user = f"{instruction}\n\n{ctx}Title: {title}"
         return tokenizer.apply_chat_template(
             [{"role": "user", "content": user}], tokenize=False, add_generation_prompt=True
         )
-    return PLAIN_TEMPLATE.format(title=title, context=ctx)
+    return PLAIN_TEMPLATE.format(title=title, context=ctx).replace("### Description:", f"### {heading}:")
 
 
 def end_token(tokenizer: Any) -> str:

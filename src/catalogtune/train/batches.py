@@ -76,10 +76,12 @@ class Tokenized:
     truncated: int
     sources: list[int] = field(default_factory=list)
     """For each example, the index of its record in the input."""
+    kinds: dict[str, int] = field(default_factory=dict)
+    """Examples per prompt kind (all "product" unless ``kind_prompts``)."""
 
 
 def tokenize(records: Sequence[dict], tok: Any, max_length: int, mask_unsupported: bool = False,
-             mask_scope: str = "all") -> Tokenized:
+             mask_scope: str = "all", kind_prompts: bool = False) -> Tokenized:
     """Turn records into (ids, n_prompt); long descriptions are cut to ``max_length`` tokens.
 
     Records with an empty title or description, or a prompt that leaves no room for the
@@ -89,9 +91,17 @@ def tokenize(records: Sequence[dict], tok: Any, max_length: int, mask_unsupporte
     loss, so the model is not taught to state facts it cannot know (token-level loss
     truncation, as in Goyal and Durrett, 2021), while the text around them still trains it.
     ``mask_scope="plain"`` masks only examples without references: retrieval-aware examples keep
-    their whole loss.
+    their whole loss. With ``kind_prompts`` each description's kind (``data.kinds.content_kind``)
+    picks its prompt's instruction (``core.prompt.KIND_INSTRUCTIONS``): review quotes, author
+    biographies and publisher boilerplate train under their own instruction, product descriptions
+    under the one inference uses; ``Tokenized.kinds`` counts them.
     """
     from catalogtune.core.prompt import build_prompt, completion_text
+
+    if kind_prompts:
+        from catalogtune.data.kinds import content_kind
+    kind_of: list[str] = []
+    kinds: dict[str, int] = {}
 
     skipped: dict[str, int] = {}
     prompts: list[str] = []
@@ -104,7 +114,9 @@ def tokenize(records: Sequence[dict], tok: Any, max_length: int, mask_unsupporte
             continue
         try:
             # retrieval-aware examples carry their references (train.retrieval): the inference layout
-            prompts.append(build_prompt(tok, title if isinstance(title, str) else "", context=rec.get("context")))
+            kind = content_kind(content) if kind_prompts else "product"
+            prompts.append(build_prompt(tok, title if isinstance(title, str) else "", context=rec.get("context"),
+                                        kind=kind))
         except CatalogtuneError:
             skipped["bad_title"] = skipped.get("bad_title", 0) + 1
             continue
@@ -114,6 +126,7 @@ def tokenize(records: Sequence[dict], tok: Any, max_length: int, mask_unsupporte
         text = content.strip()
         completions.append(text[:limit] if len(text) > limit else completion_text(tok, text))
         kept.append(i)
+        kind_of.append(kind)
     examples: list[Example] = []
     sources: list[int] = []
     truncated = 0
@@ -128,7 +141,7 @@ def tokenize(records: Sequence[dict], tok: Any, max_length: int, mask_unsupporte
         _unsupported_tokens(records, kept, completions, enc["offset_mapping"], plain_only=mask_scope == "plain")
         if mask_unsupported else [()] * len(kept)
     )
-    for src, p_ids, c_ids, no_loss in zip(kept, all_p, all_c, masks):
+    for src, p_ids, c_ids, no_loss, kind in zip(kept, all_p, all_c, masks, kind_of):
         room = max_length - len(p_ids)
         if room < 2:
             skipped["prompt_too_long"] = skipped.get("prompt_too_long", 0) + 1
@@ -142,7 +155,8 @@ def tokenize(records: Sequence[dict], tok: Any, max_length: int, mask_unsupporte
         else:
             examples.append((ids, len(p_ids)))
         sources.append(src)
-    return Tokenized(examples, skipped, truncated, sources)
+        kinds[kind] = kinds.get(kind, 0) + 1
+    return Tokenized(examples, skipped, truncated, sources, kinds)
 
 
 def _unsupported_tokens(records: Sequence[dict], kept: Sequence[int], completions: Sequence[str],

@@ -97,7 +97,10 @@ class Loop:
         self.fast = self._speed_ups()
         self.n_params = sum(p.numel() for p in self.model.parameters())  # frozen base + LoRA
         train_tok = tokenize(train_rows, self.tok, cfg.max_length, mask_unsupported=cfg.mask_unsupported,
-                             mask_scope=cfg.mask_scope)
+                             mask_scope=cfg.mask_scope, kind_prompts=cfg.kind_prompts)
+        if cfg.kind_prompts and self.main:
+            print("train: kind prompts: " + ", ".join(f"{n:,} {k}" for k, n in sorted(train_tok.kinds.items())),
+                  flush=True)
         self.examples: list[Example] = train_tok.examples
         self.records = [train_rows[i] for i in train_tok.sources]  # the record of each example
         if not self.examples:
@@ -113,6 +116,8 @@ class Loop:
                      if cfg.rag_index is not None else ""), file=sys.stderr, flush=True)
         self.data_info = {"n_train": len(self.examples), "n_val": len(self.val),
                           "skipped": train_tok.skipped, "truncated": train_tok.truncated}
+        if cfg.kind_prompts:
+            self.data_info["prompt_kinds"] = train_tok.kinds
         if cfg.mask_unsupported:
             masked = sum(len(no_loss(ex)) for ex in self.examples)
             total = sum(len(ex[0]) - ex[1] for ex in self.examples)

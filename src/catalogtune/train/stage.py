@@ -118,6 +118,8 @@ class TrainConfig:
     """No loss on the training description tokens inside a name or number the prompt does not hold (train.batches); the text around them still trains. Validation loss stays on whole descriptions."""
     mask_scope: str = "plain"
     """Which examples --mask-unsupported masks: plain (only prompts without retrieved records: retrieval-aware examples keep their whole loss; the better one on validation and test), or all."""
+    kind_prompts: bool = False
+    """Train each description under the instruction of its kind (data.kinds): review quotes, author biographies and publisher boilerplate get their own instruction, product descriptions the one every front end asks with; so a split that keeps every kind (prepare --drop-kinds '') teaches what the product instruction means."""
     resume: bool = False
     """Continue from the last checkpoint in RUN_DIR."""
     overwrite: bool = False
