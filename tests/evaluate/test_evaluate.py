@@ -371,7 +371,8 @@ def test_budget_cuts_the_test_records_to_what_fits_and_a_rerun_keeps_them(tmp_pa
     # the probe batch (2 records) always stays; the 10 test records cannot all fit in 2 s
     assert 2 <= kept < 10 and fit["test_records"] == 10 and fit["s_per_record"]["base"] >= 0.2
     assert rep["n_items"] == kept and {m["n"] for m in rep["systems"].values()} == {kept}
-    assert gen.generated == 2 * kept  # the probe's answers were reused, none generated twice
+    # the probe's answers were reused, none generated twice; one warm-up call with and without the adapter
+    assert gen.generated == 2 * kept + 2
     assert any(f"the first {kept} of 10 test records fit" in m for m in lines)
     assert read_json(tmp_path / "eval" / evaluate.BUDGET_FILE)["kept"] == kept
 
@@ -384,6 +385,6 @@ def test_budget_cuts_the_test_records_to_what_fits_and_a_rerun_keeps_them(tmp_pa
     roomy = FakeGenerator()  # a budget that fits everything evaluates the whole split
     _patch(monkeypatch, roomy)
     rep3 = evaluate.run(_cfg(tmp_path, data_dir, **{**kw, "budget": "10m"}), log=lambda m: None).report
-    assert rep3["n_items"] == 10 and roomy.generated == 2 * (10 - kept)
+    assert rep3["n_items"] == 10 and roomy.generated == 2 * (10 - kept) + 2
     with pytest.raises(ValueError, match="budget must look like"):
         _cfg(tmp_path, data_dir, budget="soon")

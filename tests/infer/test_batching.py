@@ -247,3 +247,28 @@ def test_kv_cache_layer_writes_in_place_and_views_only_the_filled_part():
     assert torch.equal(keys, torch.cat([k0, k1], 2)) and torch.equal(values, torch.cat([v0, v1], 2))
     layer.batch_select_indices(torch.tensor([1]))
     assert torch.equal(layer.keys, torch.cat([k0, k1], 2)[1:]) and layer.values.shape == (1, 3, 6, 4)
+
+
+def test_guided_prefill_computes_the_shared_start_once(gens, early_stop, monkeypatch):
+    """With the title last (a chat template after the references), a negative prompt shares all
+    but its tail with its prompt: the prefill runs the tails only, and the guided outputs still
+    equal the obvious decoder's (both prompts recomputed whole at every step), rows joining late."""
+    cont, _ = gens
+    monkeypatch.setattr(cont.tok, "chat_template", "{% for m in messages %}<|user|>{{ m['content'] }}<|end|>"
+                        "{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}", raising=False)
+    refs = [{"title": f"Record {i}", "content": "a plain record about cups and mugs " * (1 + i % 3)} for i in range(3)]
+    prompts = [cont.prompt(t, context=refs[: 1 + i % 3]) for i, t in enumerate(TITLES[:7])]
+    negatives = cont.negatives_for(prompts)
+    assert all(p.endswith("<|assistant|>") and t in p and t not in n for p, n, t in zip(prompts, negatives, TITLES))
+    kw = {"repetition_penalty": 1.0, "no_repeat_ngram_size": 0}
+    ran: list[int] = []
+    real = batching._Side._forward
+    monkeypatch.setattr(batching._Side, "_forward",
+                        lambda self, net, ids, m, **k: ran.append(int(m.sum())) or real(self, net, ids, m, **k))
+    got = cont.generate(prompts, max_new_tokens=10, batch_size=3, guidance=1.5, negative_prompts=negatives, **kw)
+    for p, n, g in zip(prompts, negatives, got):
+        assert g.token_ids == _guided_reference(cont, p, n, 1.5, 10)
+    prompt_tokens = sum(len(cont.encode(p)) for p in prompts)
+    negative_tokens = sum(len(cont.encode(n)) for n in negatives)
+    # every prompt once, and of the negatives only what follows the shared start (a few tokens each)
+    assert sum(ran) < prompt_tokens + 0.25 * negative_tokens and sum(ran) >= prompt_tokens + len(prompts)

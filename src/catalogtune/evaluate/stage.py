@@ -349,6 +349,10 @@ def fit_budget(cfg: EvalConfig, ctx: dict, splits: dict[str, list[dict]], system
             f"as decided before ({BUDGET_FILE})")
         return prior
     first = test[: cfg.batch_size]
+    for use_adapter in sorted({s.startswith("finetuned") for s in models}):
+        # the first call builds the generation copy of the weights (bf16, merged adapter): not the rate
+        ctx["gen"].generate([ctx["gen"].prompt(first[0]["title"])], max_new_tokens=2, do_sample=False,
+                            use_adapter=use_adapter, batch_size=1, **({"guidance": cfg.guidance} if cfg.guidance else {}))
     rates = {}
     for s in models:
         contexts = retrieve(ctx["index"], first, cfg.k, exclude_self=False) if s.endswith("+rag") else None

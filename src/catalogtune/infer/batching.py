@@ -222,20 +222,96 @@ class _Side:
         import torch
 
         ids, m = left_padded(rows, pad_id)
+        new_cache, logits = self._forward(net, ids, m)
+        self._append(None, m.to(self.device), new_cache)
+        return logits, ids
+
+    def _forward(self, net: Any, ids: Any, m: Any, past: Any = None, past_mask: Any = None,
+                 start: Any = None) -> tuple[Any, Any]:
+        """Run left-padded ``ids`` (mask ``m``), after ``past`` (a cache, its mask ``past_mask``, each
+        row holding ``start`` tokens) when given; (the cache, the last logits)."""
+        import torch
+
         pos = (m.cumsum(-1) - 1).masked_fill(m == 0, 0)
-        new_cache = _spare_cache(net.config)
-        out = net(input_ids=ids.to(self.device), attention_mask=m.to(self.device), position_ids=pos.to(self.device),
-                  past_key_values=new_cache, use_cache=True, logits_to_keep=1)
-        m = m.to(self.device)
+        if start is not None:
+            pos = (pos + start[:, None]).masked_fill(m == 0, 0)
+        cache = past if past is not None else _spare_cache(net.config)
+        full = m if past is None else torch.cat([past_mask, m], 1)
+        out = net(input_ids=ids.to(self.device), attention_mask=full.to(self.device), position_ids=pos.to(self.device),
+                  past_key_values=cache, use_cache=True, logits_to_keep=1)
+        return cache, out.logits[:, -1, :]
+
+    def _append(self, kv: list[tuple[Any, Any]] | None, m: Any, fresh: Any) -> None:
+        """Join rows to the running cache: per layer keys and values ``kv`` (None: ``fresh``'s own)
+        and their mask ``m``; ``fresh`` (a cache) is adopted when nothing runs."""
+        import torch
+
         if self.cache is None:
-            self.cache, self.mask = new_cache, m
-        else:
-            t_all = max(self.mask.shape[1], m.shape[1])
-            for old, new in zip(self.cache.layers, new_cache.layers):
-                old.keys = torch.cat([_left_pad(old.keys, t_all, 2), _left_pad(new.keys, t_all, 2)])
-                old.values = torch.cat([_left_pad(old.values, t_all, 2), _left_pad(new.values, t_all, 2)])
-            self.mask = torch.cat([_left_pad(self.mask, t_all, 1), _left_pad(m, t_all, 1)])
-        return out.logits[:, -1, :], ids
+            for layer, (k, v) in zip(fresh.layers, kv or []):
+                layer.keys, layer.values = k, v
+            self.cache, self.mask = fresh, m
+            return
+        kv = kv if kv is not None else [(layer.keys, layer.values) for layer in fresh.layers]
+        t_all = max(self.mask.shape[1], m.shape[1])
+        for old, (k, v) in zip(self.cache.layers, kv):
+            old.keys = torch.cat([_left_pad(old.keys, t_all, 2), _left_pad(k, t_all, 2)])
+            old.values = torch.cat([_left_pad(old.values, t_all, 2), _left_pad(v, t_all, 2)])
+        self.mask = torch.cat([_left_pad(self.mask, t_all, 1), _left_pad(m, t_all, 1)])
+
+    def prefill_pairs(self, net: Any, rows: Sequence[list[int]], negatives: Sequence[list[int]],
+                      pad_id: int) -> tuple[Any, Any, Any]:
+        """Prefill each prompt and its negative as neighbouring rows (2i, 2i + 1) and append them;
+        (the prompts' last logits, the negatives' last logits, the prompts left-padded).
+
+        A negative prompt is its prompt without the title: the same tokens up to the title line
+        (instruction and references, most of a RAG prompt). Those are computed once, in the
+        prompts' pass; the negative copies their keys and values and runs only its own tail (the
+        end of the turn), so a guided prefill costs about one prompt's compute, not two. The
+        same positions see the same tokens, so the cache holds what a full pass would.
+        """
+        import torch
+
+        ids, m = left_padded(rows, pad_id)
+        cache_p, logits_p = self._forward(net, ids, m)
+        width = ids.shape[1]
+        shared = []
+        for p, n in zip(rows, negatives):
+            same = 0
+            for a, b in zip(p, n):
+                if a != b:
+                    break
+                same += 1
+            shared.append(min(same, len(n) - 1))  # at least one token of the tail runs: its logits
+        lead = max(shared)
+        prefix_mask = torch.zeros((len(rows), lead), dtype=m.dtype)
+        index = torch.zeros((len(rows), lead), dtype=torch.long)
+        for r, (p, n_shared) in enumerate(zip(rows, shared)):
+            first = width - len(p)  # the prompt's left padding
+            if n_shared:
+                index[r, lead - n_shared:] = torch.arange(first, first + n_shared)
+                prefix_mask[r, lead - n_shared:] = 1
+        gather = index.to(self.device)[:, None, :, None]
+        past = _spare_cache(net.config)
+        for j, layer in enumerate(cache_p.layers):
+            g = gather.expand(-1, layer.keys.shape[1], -1, layer.keys.shape[3])
+            k = torch.gather(layer.keys, 2, g) * prefix_mask.to(self.device)[:, None, :, None].to(layer.keys.dtype)
+            v = torch.gather(layer.values, 2, g) * prefix_mask.to(self.device)[:, None, :, None].to(layer.values.dtype)
+            past.layers[j].update(k, v)
+        tails = [n[s:] for n, s in zip(negatives, shared)]
+        t_ids, t_m = left_padded(tails, pad_id)
+        cache_n, logits_n = self._forward(net, t_ids, t_m, past=past, past_mask=prefix_mask, start=torch.tensor(shared))
+        m_n = torch.cat([prefix_mask, t_m], 1)
+        t_all = max(width, m_n.shape[1])
+        kv = []
+        for lp, ln in zip(cache_p.layers, cache_n.layers):
+            pair = []
+            for a, b in ((lp.keys, ln.keys), (lp.values, ln.values)):
+                a, b = _left_pad(a, t_all, 2), _left_pad(b, t_all, 2)
+                pair.append(torch.stack([a, b], 1).flatten(0, 1))  # rows 2i, 2i + 1
+            kv.append((pair[0], pair[1]))
+        both_m = torch.stack([_left_pad(m, t_all, 1), _left_pad(m_n, t_all, 1)], 1).flatten(0, 1)
+        self._append(kv, both_m.to(self.device), cache_p)
+        return logits_p, logits_n, ids
 
     def step(self, net: Any, pending: Any) -> Any:
         """Feed each row its pending token; the next logits."""
@@ -373,8 +449,8 @@ def generate(net: Any, prompts: Sequence[list[int]], *, batch_size: int, max_new
             take = waiting[: batch_size - len(active)]
             waiting = waiting[len(take):]
             if guided:
-                both, ids = side.prefill(net, [r for i in take for r in (prompts[i], negatives[i])], pad_id)
-                logits, ids = [both[0::2], both[1::2]], ids[0::2]
+                lp, ln, ids = side.prefill_pairs(net, [prompts[i] for i in take], [negatives[i] for i in take], pad_id)
+                logits = [lp, ln]
             else:
                 first, ids = side.prefill(net, [prompts[i] for i in take], pad_id)
                 logits = [first]
