@@ -219,8 +219,6 @@ class _Side:
     def prefill(self, net: Any, rows: Sequence[list[int]], pad_id: int) -> tuple[Any, Any]:
         """Prefill ``rows`` (left-padded together) and append them to the batch; (their last logits,
         the left-padded ids)."""
-        import torch
-
         ids, m = left_padded(rows, pad_id)
         new_cache, logits = self._forward(net, ids, m)
         self._append(None, m.to(self.device), new_cache)
