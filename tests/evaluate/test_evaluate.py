@@ -361,18 +361,19 @@ class SlowGenerator(FakeGenerator):
 
 
 def test_budget_cuts_the_test_records_to_what_fits_and_a_rerun_keeps_them(tmp_path, data_dir, monkeypatch):
-    gen = SlowGenerator(0.2)  # 0.4 s per test record over the two model systems
+    gen = SlowGenerator(0.2)  # 0.4 s per record over the two model systems
     _patch(monkeypatch, gen)
     lines: list[str] = []
-    kw = dict(limit=None, seen_limit=0, systems=["base", "finetuned", "title-copy"], budget="2s")
+    kw = dict(limit=None, seen_limit=2, systems=["base", "finetuned", "title-copy"], budget="3s")
     rep = evaluate.run(_cfg(tmp_path, data_dir, **kw), log=lines.append).report
     fit = rep["plan"]["budget"]
     kept = fit["kept"]
-    # the probe batch (2 records) always stays; the 10 test records cannot all fit in 2 s
+    # the probe batch (2 records) always stays; the 10 test records cannot all fit in 3 s
     assert 2 <= kept < 10 and fit["test_records"] == 10 and fit["s_per_record"]["base"] >= 0.2
     assert rep["n_items"] == kept and {m["n"] for m in rep["systems"].values()} == {kept}
-    # the probe's answers were reused, none generated twice; one warm-up call with and without the adapter
-    assert gen.generated == 2 * kept + 2
+    # the probe's answers were reused, none generated twice; one warm-up call with and without the
+    # adapter; the 2 seen products were answered before the fit, and the budget does not cut them
+    assert gen.generated == 2 * kept + 2 + 2 * 2 and rep["seen"]["systems"]["finetuned"]["n"] == 2
     assert any(f"the first {kept} of 10 test records fit" in m for m in lines)
     assert read_json(tmp_path / "eval" / evaluate.BUDGET_FILE)["kept"] == kept
 

@@ -326,11 +326,11 @@ def fit_budget(cfg: EvalConfig, ctx: dict, splits: dict[str, list[dict]], system
                log: Callable[[str], None]) -> dict[str, Any]:
     """Cut ``splits["test"]`` to the first records that ``cfg.budget`` fits; return what was decided.
 
-    Each model system answers the first batch of test records (cached: the full run reuses them),
-    which measures its seconds per record on this machine and these prompts; the seen products and
-    the probe titles are charged at the same rate, and the rest of the budget, less
-    ``BUDGET_MARGIN``, buys test records for every system at once (the comparisons are paired, so
-    every system answers the same ones). At least the probed batch is kept.
+    Each model system first answers the fixed part (the seen products and the probe titles), then
+    the first batch of test records, which measures its seconds per record on this machine and
+    these prompts (all cached: the full run reuses them); ``BUDGET_MARGIN`` of what is then left
+    buys test records for every system at once (the comparisons are paired, so every system
+    answers the same ones). At least the probed batch is kept.
     """
     from catalogtune.core.util import budget_seconds
 
@@ -354,7 +354,15 @@ def fit_budget(cfg: EvalConfig, ctx: dict, splits: dict[str, list[dict]], system
         ctx["gen"].generate([ctx["gen"].prompt(first[0]["title"])], max_new_tokens=2, do_sample=False,
                             use_adapter=use_adapter, batch_size=1, **({"guidance": cfg.guidance} if cfg.guidance else {}))
     rates = {}
+    others = sum(len(items) for name, items in splits.items() if name != "test")
     for s in models:
+        # the fixed part first (seen products, probe titles: cached like every answer), then the probe
+        for name, items in splits.items():
+            if name != "test" and items:
+                contexts = (retrieve(ctx["index"], items, cfg.k, exclude_self=name == "seen")
+                            if s.endswith("+rag") else None)
+                run_system(ctx["gen"], _cache_path(cfg, ctx["gen"], ctx["model_id"], ctx["adapter"], name, s),
+                           items, contexts, s.startswith("finetuned"), cfg, log, score=name != "probes")
         contexts = retrieve(ctx["index"], first, cfg.k, exclude_self=False) if s.endswith("+rag") else None
         cache = _cache_path(cfg, ctx["gen"], ctx["model_id"], ctx["adapter"], "test", s)
         t = time.perf_counter()
@@ -364,10 +372,9 @@ def fit_budget(cfg: EvalConfig, ctx: dict, splits: dict[str, list[dict]], system
     measured = [r for r in rates.values() if r is not None]
     fallback = max(measured) if measured else 0.0
     per_record = sum(fallback if r is None else r for r in rates.values())
-    others = sum(len(items) for name, items in splits.items() if name != "test")
     left = budget - (time.perf_counter() - t0)
     if per_record > 0:
-        n = int((left * BUDGET_MARGIN - others * per_record) / per_record) + len(first)
+        n = int(left * BUDGET_MARGIN / per_record) + len(first)
     else:  # every answer is cached already: nothing to generate, nothing to cut
         n = len(test)
     n = max(len(first), min(len(test), n))
@@ -376,8 +383,8 @@ def fit_budget(cfg: EvalConfig, ctx: dict, splits: dict[str, list[dict]], system
     atomic_write_json(decided, info)
     if n < len(test):
         log(f"evaluate plan: budget {cfg.budget}: {per_record:.2f} s per test record over {len(models)} model "
-            f"system(s) -> the first {n:,} of {len(test):,} test records fit (with {others:,} seen and probe "
-            f"answers); the intervals are for n = {n:,}")
+            f"system(s) -> the first {n:,} of {len(test):,} test records fit (after {others:,} seen and probe "
+            f"answers per system); the intervals are for n = {n:,}")
         splits["test"] = test[:n]
     else:
         log(f"evaluate plan: budget {cfg.budget}: all {len(test):,} test records fit ({per_record:.2f} s per "
