@@ -44,9 +44,11 @@ def test_bench_generate_json_line(tiny_model_dir, sample_path, capsys):
     assert res["roofline_passes"] == 2
     step = max(res["weight_bytes_per_step"] / (res["memory_bandwidth_gb_s"] * 1e9), 2 * res["linear_weights"] * b * 2 / flop_s)
     assert res["decode_only_roofline_tokens_per_s"] == pytest.approx(b / step, rel=0.01)
-    # ... after the prefill of each row's prompt and its negative, which the measured tokens/s include
+    # ... after the prefill of each row's prompt and its negative's tail (the start it shares with its
+    # prompt is computed once), which the measured tokens/s include
+    assert 0 < res["mean_negative_tail_tokens"] <= res["mean_negative_prompt_tokens"]
     new = res["new_tokens"] / res["prompts"]
-    prefill = 2 * res["linear_weights"] * b * (res["mean_prompt_tokens"] + res["mean_negative_prompt_tokens"]) / flop_s
+    prefill = 2 * res["linear_weights"] * b * (res["mean_prompt_tokens"] + res["mean_negative_tail_tokens"]) / flop_s
     assert res["roofline_new_tokens_per_row"] == pytest.approx(new, abs=0.06)
     assert res["roofline_tokens_per_s"] == pytest.approx(b * new / (prefill + new * step), rel=0.02)
     assert res["roofline_tokens_per_s"] < res["decode_only_roofline_tokens_per_s"]

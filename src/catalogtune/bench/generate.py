@@ -19,8 +19,10 @@ every weight once (bytes / measured memory bandwidth) and do 2 FLOPs per weight 
 measured matmul ceiling in the dtype generation runs in), and before its first step each row's
 prompt costs 2 FLOPs per weight per prompt token (the prefill, which the measured tokens/s
 include); tokens/s <= batch x new tokens / (prefill time + new tokens x step time). Under title
-guidance every row is two rows (its prompt and its negative prompt) for the FLOPs and the
-prefill, while the weights are still read once per step at the limit. The
+guidance every row is two rows (its prompt and its negative prompt) for the decode FLOPs, the
+prefill adds only each negative's tail (what follows the start it shares with its prompt, which
+the prompt's pass computes: ``batching.shared_start``), and the weights are still read once per
+step at the limit. The
 decode-only limit is printed beside it. KV-cache reads and attention are left out, so the real
 limit is a little lower. The machine is shared, so
 CPU seconds are reported beside wall seconds.
@@ -193,7 +195,7 @@ def run(cfg: BenchGenerateConfig) -> BenchGenerateResult:
         if cfg.roofline:
             new_per_row = figures["new_tokens"] / max(1, figures["prompts"])
             guided = figures["guidance"] > 0
-            prefill = figures["mean_prompt_tokens"] + (figures["mean_negative_prompt_tokens"] if guided else 0.0)
+            prefill = figures["mean_prompt_tokens"] + (figures["mean_negative_tail_tokens"] if guided else 0.0)
             figures.update(roofline(gen, int(cfg.batch_size), figures["batched_tokens_per_s"],
                                     prompt_tokens=prefill, new_tokens=new_per_row, passes=2 if guided else 1))
     figures.update(threads=threads, load_avg_1m=[round(load_before, 2), round(os.getloadavg()[0], 2)])
@@ -202,6 +204,7 @@ def run(cfg: BenchGenerateConfig) -> BenchGenerateResult:
 
 def _measure(gen: Any, prompts: list[str], cfg: BenchGenerateConfig) -> dict[str, Any]:
     from catalogtune.core.decoding import DECODING
+    from catalogtune.infer.batching import shared_start
 
     mnt = int(cfg.max_new_tokens)
     rules = (DECODING.repetition_penalty, DECODING.no_repeat_ngram_size) if cfg.settings == "evaluate" else (1.0, 0)
@@ -248,6 +251,9 @@ def _measure(gen: Any, prompts: list[str], cfg: BenchGenerateConfig) -> dict[str
         "mean_prompt_tokens": round(sum(o.prompt_tokens for o in outs) / max(1, len(outs)), 1),
         "mean_negative_prompt_tokens": round(sum(len(gen.encode(n)) for n in gen.negatives_for(prompts))
                                              / max(1, len(prompts)), 1),
+        "mean_negative_tail_tokens": round(sum(
+            len(gen.encode(n)) - shared_start(gen.encode(p), gen.encode(n))
+            for p, n in zip(prompts, gen.negatives_for(prompts))) / max(1, len(prompts)), 1),
         "prompts": len(prompts),
         "max_new_tokens": mnt,
         "batch_size": int(cfg.batch_size),

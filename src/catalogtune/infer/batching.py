@@ -272,14 +272,7 @@ class _Side:
         ids, m = left_padded(rows, pad_id)
         cache_p, logits_p = self._forward(net, ids, m)
         width = ids.shape[1]
-        shared = []
-        for p, n in zip(rows, negatives):
-            same = 0
-            for a, b in zip(p, n):
-                if a != b:
-                    break
-                same += 1
-            shared.append(min(same, len(n) - 1))  # at least one token of the tail runs: its logits
+        shared = [shared_start(p, n) for p, n in zip(rows, negatives)]
         lead = max(shared)
         prefix_mask = torch.zeros((len(rows), lead), dtype=m.dtype)
         index = torch.zeros((len(rows), lead), dtype=torch.long)
@@ -335,6 +328,17 @@ class _Side:
             self.mask = self.mask[:, lead:]
             for layer in self.cache.layers:
                 layer.keys, layer.values = layer.keys[:, :, lead:], layer.values[:, :, lead:]
+
+
+def shared_start(prompt: Sequence[int], negative: Sequence[int]) -> int:
+    """Tokens of ``negative`` that a guided prefill takes from ``prompt``'s cache: their common
+    start, less one when that is all of ``negative`` (its last token must run: its logits)."""
+    same = 0
+    for a, b in zip(prompt, negative):
+        if a != b:
+            break
+        same += 1
+    return min(same, len(negative) - 1)
 
 
 def guide(cond: Any, uncond: Any, scale: float) -> Any:
