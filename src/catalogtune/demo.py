@@ -225,7 +225,6 @@ class Budget:
 
         self.spec, self.t0 = spec, t0
         self.total = budget_seconds(spec) if spec else None
-        self.given: dict[str, int] = {}
 
     def share(self, stage: str) -> str | None:
         """This stage's budget as a string for its config (None without a total budget)."""
@@ -235,7 +234,6 @@ class Budget:
         rest = sum(STAGE_SHARES[n] for n in names[names.index(stage):])
         left = self.total - (time.perf_counter() - self.t0)
         seconds = max(MIN_STAGE_S, int(left * STAGE_SHARES[stage] / rest))
-        self.given[stage] = seconds
         print(f"[demo] budget {self.spec}: {left / 60:.1f} min left; {stage} gets {seconds / 60:.1f} min", flush=True)
         return f"{seconds}s"
 

@@ -241,6 +241,7 @@ def _measure(gen: Any, prompts: list[str], cfg: BenchGenerateConfig) -> dict[str
         print(f"bench generate: {start + len(chunk)}/{len(prompts)} prompts "
               f"(batched {b_wall:.1f}s, one at a time {s_wall:.1f}s)", file=sys.stderr, flush=True)
     b_tokens = sum(o.new_tokens for o in outs)
+    neg_ids = [gen.encode(n) for n in gen.negatives_for(prompts)]  # each negative encoded once, for both figures
     figures: dict[str, Any] = {
         "bench": "generate",
         "model": str(cfg.model),
@@ -249,11 +250,9 @@ def _measure(gen: Any, prompts: list[str], cfg: BenchGenerateConfig) -> dict[str
         "decoding": {"repetition_penalty": rules[0], "no_repeat_ngram_size": rules[1], "penalty_scope": "output"},
         "guidance": g,
         "mean_prompt_tokens": round(sum(o.prompt_tokens for o in outs) / max(1, len(outs)), 1),
-        "mean_negative_prompt_tokens": round(sum(len(gen.encode(n)) for n in gen.negatives_for(prompts))
-                                             / max(1, len(prompts)), 1),
-        "mean_negative_tail_tokens": round(sum(
-            len(gen.encode(n)) - shared_start(gen.encode(p), gen.encode(n))
-            for p, n in zip(prompts, gen.negatives_for(prompts))) / max(1, len(prompts)), 1),
+        "mean_negative_prompt_tokens": round(sum(len(n) for n in neg_ids) / max(1, len(prompts)), 1),
+        "mean_negative_tail_tokens": round(sum(len(n) - shared_start(gen.encode(p), n)
+                                               for p, n in zip(prompts, neg_ids)) / max(1, len(prompts)), 1),
         "prompts": len(prompts),
         "max_new_tokens": mnt,
         "batch_size": int(cfg.batch_size),

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from catalogtune.core import config
-from catalogtune.core.util import CatalogtuneError, atomic_write_json, torch_threads
+from catalogtune.core.util import CatalogtuneError, atomic_write_json, read_json, torch_threads
 from catalogtune.evaluate import compare, probes
 from catalogtune.evaluate import report as eval_report
 from catalogtune.core.decoding import DECODING
@@ -338,7 +338,7 @@ def fit_budget(cfg: EvalConfig, ctx: dict, splits: dict[str, list[dict]], system
     test, models = splits["test"], [s for s in systems if s in MODEL_SYSTEMS]
     decided = Path(cfg.out) / BUDGET_FILE
     try:
-        prior = json.loads(decided.read_text())
+        prior = read_json(decided)
     except (OSError, ValueError):
         prior = None
     if (isinstance(prior, dict) and prior.get("budget") == cfg.budget and prior.get("test_records") == len(test)

@@ -275,7 +275,7 @@ class _Side:
         shared = [shared_start(p, n) for p, n in zip(rows, negatives)]
         lead = max(shared)
         prefix_mask = torch.zeros((len(rows), lead), dtype=m.dtype)
-        index = torch.zeros((len(rows), lead), dtype=torch.long)
+        index = torch.zeros((len(rows), lead), dtype=torch.long)  # masked columns: any key, the mask hides it
         for r, (p, n_shared) in enumerate(zip(rows, shared)):
             first = width - len(p)  # the prompt's left padding
             if n_shared:
@@ -285,9 +285,7 @@ class _Side:
         past = _spare_cache(net.config)
         for j, layer in enumerate(cache_p.layers):
             g = gather.expand(-1, layer.keys.shape[1], -1, layer.keys.shape[3])
-            k = torch.gather(layer.keys, 2, g) * prefix_mask.to(self.device)[:, None, :, None].to(layer.keys.dtype)
-            v = torch.gather(layer.values, 2, g) * prefix_mask.to(self.device)[:, None, :, None].to(layer.values.dtype)
-            past.layers[j].update(k, v)
+            past.layers[j].update(torch.gather(layer.keys, 2, g), torch.gather(layer.values, 2, g))
         tails = [n[s:] for n, s in zip(negatives, shared)]
         t_ids, t_m = left_padded(tails, pad_id)
         cache_n, logits_n = self._forward(net, t_ids, t_m, past=past, past_mask=prefix_mask, start=torch.tensor(shared))
