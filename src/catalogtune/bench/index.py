@@ -50,7 +50,7 @@ class IndexBenchConfig:
     embed_sample: int = 2000
     """Records embedded by each path (0 or more than kept = all kept records)."""
     embedder: str = "minilm-onnx"
-    """Our build path's embedder (minilm-onnx, minilm, or hash for tests)."""
+    """Our build path's embedder (minilm-onnx, minilm-onnx-int8, minilm, or hash for tests)."""
     text: str = "title+content"
     """Our build path's text recipe (index --text: title+content or title); the anchor always
     embeds title+content, as a user's first build would."""

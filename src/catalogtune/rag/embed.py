@@ -5,6 +5,7 @@ float32`` with L2-normalised rows, so a dot product is the cosine similarity. Em
 same ``space`` give interchangeable vectors: ``minilm`` (sentence-transformers on torch) and
 ``minilm-onnx`` (the same weights exported to ONNX, run by ONNX Runtime in length-sorted batches
 of 4; about 1.4x the records/s on one CPU thread, cosine to ``minilm`` above 0.9999).
+``minilm-onnx-int8`` (that export with int8 weights) is faster again but has a space of its own.
 """
 
 from __future__ import annotations
@@ -297,33 +298,96 @@ class OnnxMiniLMEmbedder:
     space = "minilm"
     dim = MINILM_DIM
     batch_size = ONNX_BATCH
+    max_tokens: int | None = None
+    """Padded tokens per call at most (None: ``batch_size`` texts whatever their length)."""
+
+    def _load(self) -> tuple[Any, Any]:
+        return _load_onnx()
 
     def warm(self) -> None:
         """Export (first use) and load the ONNX model now."""
-        _load_onnx()
+        self._load()
 
-    def embed(self, texts: list[str], batch_size: int = ONNX_BATCH) -> np.ndarray:
-        """Embed texts in length-sorted batches of ``batch_size`` (pass large lists)."""
+    def embed(self, texts: list[str], batch_size: int | None = None) -> np.ndarray:
+        """Embed texts in length-sorted batches of ``batch_size`` (default: the embedder's; pass large lists)."""
         texts = _check_texts(texts)
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         if not texts:
             return out
-        sess, tok = _load_onnx()
+        sess, tok = self._load()
         encs = tok.encode_batch([t.strip() for t in texts])  # stripped, as sentence-transformers does
         order = np.argsort([-len(e.ids) for e in encs], kind="stable")
-        for start in range(0, len(order), max(1, batch_size)):
-            rows = order[start : start + max(1, batch_size)]
+        cap, start = max(1, batch_size or self.batch_size), 0
+        while start < len(order):
+            # longest first: the first text of a batch sets its padded width
+            width = len(encs[order[start]].ids)
+            n = cap if self.max_tokens is None else max(1, min(cap, self.max_tokens // max(1, width)))
+            rows = order[start : start + n]
+            start += n
             ids, mask = _pad([encs[i] for i in rows])
             states = sess.run(None, {"input_ids": ids, "attention_mask": mask})[0]
             out[rows] = _mean_pool(states, mask)
         return out
 
 
-EMBEDDERS = ("minilm", "minilm-onnx", "hash")
+INT8_BATCH, INT8_TOKENS = 32, 256
+"""minilm-onnx-int8's batches: up to 32 texts and 256 padded tokens a call; on one Zen 4 thread
++18% records per CPU second on titles over batches of 4, and no loss on title+content."""
+INT8_PROBE_COSINE = 0.95
+"""The quantized model is refused if a probe's vector has a lower cosine to the float32 one
+(measured 0.97-0.99 on real catalogue texts: a lower one means a broken quantization)."""
+
+
+def _int8_check(fp32: Path, tok: Any) -> Any:
+    """``check(model_bytes)`` for ``quantize``: the probes' lowest cosine, int8 against float32."""
+    def check(data: bytes) -> float:
+        ids, mask = _pad(tok.encode_batch(_PROBES))
+        want = _mean_pool(_session(str(fp32)).run(None, {"input_ids": ids, "attention_mask": mask})[0], mask)
+        got = _mean_pool(_session(data).run(None, {"input_ids": ids, "attention_mask": mask})[0], mask)
+        cos = float((want * got).sum(axis=1).min())
+        if not cos > INT8_PROBE_COSINE:
+            raise CatalogtuneError(f"the int8 MiniLM disagrees with the float32 export (cosine {cos:.4f}); "
+                                   "use --embedder minilm-onnx")
+        return cos
+    return check
+
+
+@functools.lru_cache(maxsize=1)
+def _load_onnx_int8() -> tuple[Any, Any]:
+    from catalogtune.rag import quantize
+
+    model_dir = _minilm_dir()
+    fp32 = onnx_path(model_dir)
+    if not fp32.is_file():
+        export_minilm_onnx(model_dir, fp32)
+    tok = _tokenizer(model_dir)
+    path = quantize.cached_int8(fp32, _int8_check(fp32, tok))
+    return _session(str(path)), tok
+
+
+class OnnxInt8MiniLMEmbedder(OnnxMiniLMEmbedder):
+    """``minilm-onnx`` with int8 weights (``rag/quantize.py``, cached beside the float32 export).
+
+    Same tokenizer, truncation and pooling; about 2x the records per CPU second, but the vectors
+    are not the float32 ones (cosine about 0.99, recall@10 of minilm's neighbours about 0.9), so
+    they live in their own space: an index built with one is refused by the other.
+    """
+
+    name = "minilm-onnx-int8"
+    space = "minilm-int8"
+    batch_size = INT8_BATCH
+    max_tokens = INT8_TOKENS
+
+    def _load(self) -> tuple[Any, Any]:
+        return _load_onnx_int8()
+
+
+EMBEDDERS = ("minilm", "minilm-onnx", "minilm-onnx-int8", "hash")
 
 
 def get_embedder(name: str = "minilm") -> Embedder:
-    """The embedder called ``name``: ``minilm``, ``minilm-onnx`` (real) or ``hash`` / ``hash-DIM`` (fake)."""
+    """The embedder called ``name``: ``minilm``, ``minilm-onnx``, ``minilm-onnx-int8`` (real) or
+    ``hash`` / ``hash-DIM`` (fake)."""
     if not isinstance(name, str):
         raise CatalogtuneError("the embedder name must be text")
     key = name.strip().lower()
@@ -331,6 +395,8 @@ def get_embedder(name: str = "minilm") -> Embedder:
         return MiniLMEmbedder()
     if key == "minilm-onnx":
         return OnnxMiniLMEmbedder()
+    if key == "minilm-onnx-int8":
+        return OnnxInt8MiniLMEmbedder()
     if key == "hash":
         return HashEmbedder()
     if key.startswith("hash-") and key[5:].isdigit():
