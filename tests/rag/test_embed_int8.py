@@ -158,6 +158,8 @@ def test_int8_minilm_agrees_with_float32_on_invented_texts():
     cos = np.sum(fp32 * got, axis=1)
     # measured 0.975-0.996 here (0.97-0.99 on the shared real records): close, not interchangeable
     assert cos.min() > 0.95 and cos.mean() > 0.98 and cos.min() < 0.9999
-    # Activations are quantized per call, so batching moves a vector a little, never far.
+    # Activations are quantized per call (one scale for the batch), so batch mates move a vector
+    # about as much as the quantization itself (measured 0.971 for "" batched with longer texts).
     alone = emb.embed(texts[::-1], batch_size=1)[::-1]
-    assert float(np.min(np.sum(alone * got, axis=1))) > 0.98
+    moved = np.sum(alone * got, axis=1)
+    assert moved.min() > 0.95 and np.allclose(emb.embed(texts[::-1], batch_size=1)[::-1], alone)

@@ -105,7 +105,7 @@ class IndexConfig:
     description; the better references) or title (about 10x faster to embed: for a catalogue too
     large for the time at hand; the stored documents are the same)."""
     embedder: str = "minilm-onnx"
-    """Embedding model: minilm-onnx (all-MiniLM-L6-v2 on ONNX Runtime, the fastest on CPU),
+    """Embedding model: minilm-onnx (all-MiniLM-L6-v2 on ONNX Runtime, the fastest at full quality),
     minilm (the same model on sentence-transformers/torch; interchangeable vectors),
     minilm-onnx-int8 (int8 weights: about 2x faster, recall@10 of minilm's neighbours about 0.9;
     its own vector space, so its indexes take only its queries) or hash (deterministic fake for tests)."""
