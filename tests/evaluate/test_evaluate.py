@@ -389,3 +389,44 @@ def test_budget_cuts_the_test_records_to_what_fits_and_a_rerun_keeps_them(tmp_pa
     assert rep3["n_items"] == 10 and roomy.generated == 2 * (10 - kept) + 2
     with pytest.raises(ValueError, match="budget must look like"):
         _cfg(tmp_path, data_dir, budget="soon")
+
+
+class VariantGenerator(FakeGenerator):
+    """Answers differ by decoding: the shared one invents on even titles, guidance 0 on odd ones."""
+
+    def generate(self, prompts, max_new_tokens, do_sample=False, use_adapter=True, batch_size=8, **decoding):
+        out = super().generate(prompts, max_new_tokens, do_sample, use_adapter, batch_size, **decoding)
+        shared = decoding.get("guidance") == 0.5 and not decoding.get("ground_penalty")
+        for p, o in zip(prompts, out):
+            title = p.split("\n")[0][3:]
+            odd = sum(map(ord, title)) % 2
+            invent = (shared and not odd) or ("guidance" not in decoding and odd)
+            o.text = "Zorblax Quuxfen Wibblecorp 1887 heirloom." if invent else f"{title} sturdy everyday item."
+        return out
+
+
+def test_rerank_keeps_the_consensus_answer_of_every_decoding_and_a_rerun_reuses_them(tmp_path, data_dir, monkeypatch):
+    from catalogtune.infer import rerank
+
+    gen = VariantGenerator()
+    _patch(monkeypatch, gen)
+    kw = dict(seen_limit=0, systems=["base", "finetuned"], rerank=True)
+    rep = evaluate.run(_cfg(tmp_path, data_dir, **kw), log=lambda m: None).report
+    n, variants = rep["n_items"], len(rerank.VARIANTS)
+    assert gen.generated == 2 * n * variants  # every decoding answered every record, once
+    outputs = [r["outputs"][s] for r in rep["records"]["test"] for s in ("base", "finetuned")]
+    assert not any("Zorblax" in o for o in outputs)  # no invention that only one decoding made
+    kept = rep["systems"]["finetuned"]["rerank_kept"]
+    assert sum(kept) == n and kept[0] < n  # the shared decoding lost on the titles where it invented
+    assert any("Reranked" in note for note in rep["notes"])
+    # the reference's likelihood is scored once, as without reranking
+    plain = evaluate.run(_cfg(tmp_path, data_dir, **{**kw, "rerank": False}), log=lambda m: None).report
+    assert plain["systems"]["finetuned"]["perplexity"] == rep["systems"]["finetuned"]["perplexity"]
+    assert any("Zorblax" in r["outputs"]["finetuned"] for r in plain["records"]["test"])
+
+    again = VariantGenerator()
+    _patch(monkeypatch, again)
+    rep2 = evaluate.run(_cfg(tmp_path, data_dir, **kw), log=lambda m: None).report
+    assert again.generated == 0 and rep2["systems"]["finetuned"] == rep["systems"]["finetuned"]
+    with pytest.raises(ValueError, match="--budget and --rerank"):
+        _cfg(tmp_path, data_dir, rerank=True, budget="10m")

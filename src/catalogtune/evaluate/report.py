@@ -128,6 +128,9 @@ def summarize(rows: Sequence[dict], collapse: bool = True) -> dict[str, Any]:
         "stopped_rate": _mean(rows, "stopped"),
         "gen_seconds": float(sum(r.get("seconds") or 0.0 for r in rows)),
     }
+    if any("variant" in r for r in rows):  # evaluate --rerank: how often each decoding was kept
+        kept = [int(r.get("variant", 0)) for r in rows]
+        out["rerank_kept"] = [kept.count(v) for v in range(max(kept) + 1)]
     if collapse:
         out.update(diversity.collapse_summary(hyps))
     return out

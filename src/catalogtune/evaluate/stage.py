@@ -23,7 +23,7 @@ import json
 import os
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -97,6 +97,10 @@ class EvalConfig:
     """Rows in the samples table of report.html."""
     bf16: bool | None = None
     """bf16 autocast while generating (default: the generator decides; --no-bf16 forces fp32)."""
+    rerank: bool = False
+    """Answer each prompt with every decoding of ``infer.rerank.VARIANTS`` (each cached like any
+    decoding) and keep the answer the others agree with most (MiniLM consensus; the selection never
+    sees the reference or the claim check): one full generation per variant, 4x the time."""
     budget: str | None = None
     """Wall-time budget of the whole evaluation (20m, 1h): each model system first answers one batch
     of test records (kept, like every answer, in the cache), and the test records are cut to the
@@ -122,6 +126,8 @@ class EvalConfig:
             raise ValueError("bootstrap may not be negative")
         if self.seen_limit < 0 or self.samples < 0:
             raise ValueError("seen_limit and samples may not be negative")
+        if self.budget is not None and self.rerank:
+            raise ValueError("--budget and --rerank do not combine yet (the budget measures one decoding)")
         if self.budget is not None:
             from catalogtune.core.util import budget_seconds
 
@@ -399,9 +405,10 @@ def _plan(cfg: EvalConfig, ctx: dict, splits: dict[str, list[dict]], systems: li
     models = [s for s in systems if s in MODEL_SYSTEMS]
     for split, items in splits.items():
         for s in models:
-            done = read_cache(_cache_path(cfg, ctx["gen"], ctx["model_id"], ctx["adapter"], split, s))
-            hit = sum(1 for it in items if done.get(it["id"], {}).get("key") == item_key(it))
-            todo, cached = todo + len(items) - hit, cached + hit
+            for vcfg in _variants(cfg):
+                done = read_cache(_cache_path(vcfg, ctx["gen"], ctx["model_id"], ctx["adapter"], split, s))
+                hit = sum(1 for it in items if done.get(it["id"], {}).get("key") == item_key(it))
+                todo, cached = todo + len(items) - hit, cached + hit
     return Plan(todo, cached, len(models), cfg.max_new_tokens, log)
 
 
@@ -463,6 +470,44 @@ def run_system(
     return rows, len(todo)
 
 
+def _variants(cfg: EvalConfig) -> list[EvalConfig]:
+    """The decodings a model system answers with: the configured one, and with ``rerank`` every
+    ``infer.rerank.VARIANTS`` override of it (a variant equal to the configured one shares its cache)."""
+    if not cfg.rerank:
+        return [cfg]
+    from catalogtune.infer import rerank
+
+    return [replace(cfg, **v) if v else cfg for v in rerank.VARIANTS]
+
+
+def _model_rows(cfg: EvalConfig, ctx: dict, split: str, system: str, items: list[dict],
+                contexts: dict[str, list[dict]] | None, log: Callable[[str], None]) -> tuple[list[dict], int]:
+    """One model system's rows (generated or cached) and the generations made; with ``rerank``, the
+    consensus answer of the variants per item (``variant`` = its index, ``seconds`` = all of them)."""
+    gen, variants = ctx["gen"], _variants(cfg)
+    runs, generated = [], 0
+    for i, vcfg in enumerate(variants):
+        cache = _cache_path(vcfg, gen, ctx["model_id"], ctx["adapter"], split, system)
+        # the reference's likelihood does not depend on the decoding: scored once, with the first
+        rows, n_new = run_system(gen, cache, items, contexts if system.endswith("+rag") else None,
+                                 system.startswith("finetuned"), vcfg, log, score=split != "probes" and i == 0,
+                                 plan=ctx.get("plan"))
+        runs.append(rows)
+        generated += n_new
+    if len(runs) == 1:
+        return runs[0], generated
+    from catalogtune.infer import rerank
+
+    picks = rerank.choose([[r["output"] for r in rows] for rows in runs], ctx["embed"])
+    chosen = []
+    for i, v in enumerate(picks):
+        row = dict(runs[v][i])
+        row.update(variant=v, seconds=sum(rows[i]["seconds"] for rows in runs),
+                   nll_sum=runs[0][i]["nll_sum"], n_tokens=runs[0][i]["n_tokens"])
+        chosen.append(row)
+    return chosen, generated
+
+
 def embedders(name: str) -> tuple[Callable, Any]:
     """(sentence embed function, token embed function) for cosine and BERTScore."""
     from catalogtune.evaluate import metrics
@@ -510,7 +555,7 @@ def _select_systems(cfg: EvalConfig, adapter: str | None, index: Any) -> tuple[l
 def _evaluate_split(cfg: EvalConfig, split: str, items: list[dict], systems: list[str], ctx: dict,
                     log: Callable[[str], None]) -> tuple[dict, dict[str, list[dict]], dict | None, int]:
     """Generate, score and summarise one split: (report part, rows by system, contexts, generations made)."""
-    gen, model_id, adapter, index = ctx["gen"], ctx["model_id"], ctx["adapter"], ctx["index"]
+    index = ctx["index"]
     contexts = retrieve(index, items, cfg.k, exclude_self=split == "seen") if index and items else None
     nearest = retrieve(index, items, 1, exclude_self=True) if index and items and "retrieval-only" in systems else None
     # Claims are checked against the title and the same retrieved records for every system.
@@ -521,10 +566,7 @@ def _evaluate_split(cfg: EvalConfig, split: str, items: list[dict], systems: lis
         if s in BASELINES:
             rows = baseline_rows(s, items, nearest)
         else:
-            cache = _cache_path(cfg, gen, model_id, adapter, split, s)
-            rows, n_new = run_system(gen, cache, items, contexts if s.endswith("+rag") else None,
-                                     s.startswith("finetuned"), cfg, log, score=split != "probes",
-                                     plan=ctx.get("plan"))
+            rows, n_new = _model_rows(cfg, ctx, split, s, items, contexts, log)
             generated += n_new
         if split == "probes":
             eval_report.add_probe_metrics(rows, support)
@@ -620,7 +662,10 @@ def _notes(cfg: EvalConfig, skipped: dict[str, str], model_id: str, source: str)
                 "(ground_penalty), for every system." if cfg.ground_penalty else "")
              + (f" Title guidance {cfg.guidance} for every model system: each token's log-probability plus "
                 f"{cfg.guidance} x its gain over the same prompt without the title (perplexity stays unguided)."
-                if cfg.guidance else "")]
+                if cfg.guidance else "")
+             + (f" Reranked: each model system answered with {len(_variants(cfg))} decodings (infer.rerank.VARIANTS) "
+                f"and kept the answer with the highest mean {cfg.embedder} cosine to the others (never scored against "
+                "the reference or the claim check)." if cfg.rerank else "")]
     notes += [f"System {s} skipped: {why}." for s, why in skipped.items()]
     notes += [
         "Perplexity: exp(total NLL / total tokens) of the reference description (plus end token) after each system's prompt.",
