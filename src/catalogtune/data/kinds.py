@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import html
 import re
+from typing import Iterator
 
 KINDS = ("product", "reviews", "boilerplate", "author_bio")
 REVIEWS_SHARE = 0.6
@@ -25,6 +26,11 @@ _DOUBLE = '"“”„«»'
 _SINGLE = "'‘’‚"
 _QUOTES = _DOUBLE + _SINGLE
 _MARK = re.compile("''|[" + _QUOTES + "]")
+# _MARK's marks, but a single one between a letter or digit and [a-z0-9] (an apostrophe: "don't"):
+# the same tokens where both match ("''" first), so any mark _MARK finds in between is such an apostrophe
+# (a double mark; "''"; a single one before another character or after no letter or digit). One class
+# first, which the engine finds fast; an alternation of "''" and a class first is tried at every offset
+_MARK_FAST = re.compile(r"[\"“”„«»'‘’‚](?:(?<=[\"“”„«»])|(?<=')'|(?![a-z0-9])|(?<![^\W_].))")
 # Elisions that start with an apostrophe: "'Tis", "'90s", "rock 'n' roll" are not quotes.
 _ELISION = re.compile(r"['’‘](?:tis|twas|em|n|til|cause|\d0s)\b", re.IGNORECASE)
 _OPEN_AFTER = set(" \t\n\r([{—–-:;,/*•…>!?.") | set(_QUOTES)
@@ -187,8 +193,12 @@ def _scan_quotes(text: str) -> list[tuple[int, int]]:
     n = len(text)
     spans: list[tuple[int, int]] = []
     open_at, open_kind, seg_start, nested = -1, "", 0, False
-    for m in _MARK.finditer(text):
+    last = 0  # where the previous mark seen here ended
+    for m in _MARK_FAST.finditer(text):  # the marks of _MARK but most apostrophes, skipped by the engine
         i, ch, end = m.start(), text[m.start()], m.end()
+        if nested and open_kind == "d" and _MARK.search(text, last, i):
+            nested = False  # what the apostrophes skipped since the last mark do (see below)
+        last = end
         kind = "d" if ch in _DOUBLE or end - i == 2 else "s"
         prev, nxt = text[i - 1] if i else " ", text[end] if end < n else " "
         if kind == "s" and prev.isalnum() and nxt.isalnum() and not nxt.isupper():
@@ -438,17 +448,36 @@ def _blank(text: str, regions: list[tuple[int, int]]) -> str:
 
 def review_share(text: str) -> float:
     """Share of the letters of ``text`` (boilerplate left out) in quotes, sources and praise headers."""
+    return _raw_review_share(text)
+
+
+def _raw_review_share(text: str, enough: float | None = None) -> float:
     text = _prep(text)
     boiler = _boiler_regions(text)
-    return _review_share(text, boiler, _blank(text, boiler))
+    return _review_share(text, boiler, _blank(text, boiler), enough)
 
 
-def _review_share(text: str, boiler: list[tuple[int, int]], plain: str) -> float:
-    """``review_share`` of a text already through ``_prep``, with its boilerplate regions and blanked copy."""
+def _review_share(text: str, boiler: list[tuple[int, int]], plain: str, enough: float | None = None) -> float:
+    """``review_share`` of a text already through ``_prep``, with its boilerplate regions and blanked copy.
+
+    With ``enough``, a share of at least ``enough`` may come back as soon as one is certain (a lower
+    bound, not the share): unquoted signatures only add regions, and the share only grows with them
+    (a region more covers more, and fills gaps at least as wide; see ``_covered_share``), so when the
+    regions found before them give ``enough``, their scan, the costliest of the review texts, is skipped.
+    """
     # plain keeps the boilerplate as spaces, so a source can end a text: "itself., Devon Life--This text ..."
     spans = quote_spans(plain)
     regions, sources = _review_regions(plain, spans)
+    if enough is not None and regions and (share := _covered_share(text, boiler, plain, spans, regions,
+                                                                   sources)) >= enough:
+        return share
     regions += _unquoted_signs(plain, regions)
+    return _covered_share(text, boiler, plain, spans, regions, sources)
+
+
+def _covered_share(text: str, boiler: list[tuple[int, int]], plain: str, spans: list[tuple[int, int]],
+                   regions: list[tuple[int, int]], sources: list[tuple[int, str]]) -> float:
+    """Share of the letters of ``plain`` that ``regions`` cover, once gaps are filled (see ``_review_share``)."""
     if not regions:
         return 0.0  # nothing covered but the boilerplate, which does not count: most products
     # the boilerplate's letters are spaces in plain: counting there leaves them out
@@ -456,7 +485,8 @@ def _review_share(text: str, boiler: list[tuple[int, int]], plain: str) -> float
     if total <= 0:
         return 0.0
     # without any source or header the quotes may be a phrase ("call it 'the best mug'"): no gap
-    # filling, only the quoted letters count
+    # filling, only the quoted letters count. Either way more regions cover at least as much: filled
+    # gaps only shrink (and hold fewer words) as regions are added
     covered = _merge((_fill_gaps(text, regions) if sources or len(regions) > len(spans) else regions) + boiler)
     return min(1.0, _letters(plain, covered) / total)
 
@@ -515,17 +545,26 @@ def is_quote_style(text: str) -> bool:
 
 def _sentences(text: str) -> list[str]:
     """Sentences, not split after initials and titles ("David C. Isby", "Dr. Adler")."""
-    out, start = [], 0
+    return list(_iter_sentences(text))
+
+
+def _iter_sentences(text: str) -> Iterator[str]:
+    """``_sentences(text)`` one at a time: the first alone often settles a text (see ``_may_be_bio``)."""
+    start = 0
     for m in _STOP.finditer(text):
         if m.group(0)[0] == ".":  # the word before matters only for a full stop
-            word = _LAST_TOKEN.search(text[max(start, m.start() - 30):m.start()])
+            # pos/endpos instead of a slice: "$" matches at endpos as at a slice's end
+            word = _LAST_TOKEN.search(text, max(start, m.start() - 30), m.start())
             w = word.group(0).lower() if word else ""
             if len(w) == 1 or w in _ABBREV or _INITIALS.fullmatch(w):
                 continue
-        out.append(text[start:m.end()].strip())
+        s = text[start:m.end()].strip()
         start = m.end()
-    out.append(text[start:].strip())
-    return [s for s in out if _LETTER.search(s)]
+        if _LETTER.search(s):
+            yield s
+    s = text[start:].strip()
+    if _LETTER.search(s):
+        yield s
 
 
 def _bio_flags(sentences: list[str]) -> list[bool]:
@@ -557,6 +596,16 @@ def _bio_flags(sentences: list[str]) -> list[bool]:
     if first and not flags[0] and len(flags) > 1 and flags[1]:
         flags[0] = True  # "X enrolled as a nurse. She went on to train as a midwife."
     return flags
+
+
+def _may_be_bio(text: str) -> bool:
+    """False where ``_bio_flags(_sentences(text))`` cannot start with True: decided on the first sentence.
+
+    Its flag is computed as there (it needs no later sentence); only a person as its subject
+    lets a later sentence set it afterwards.
+    """
+    first = next(_iter_sentences(text), None)
+    return first is not None and bool(_person_subject(first) or _bio_flags([first])[0])
 
 
 def _person_subject(s: str) -> re.Match | None:
@@ -636,16 +685,24 @@ def content_kind(text: str) -> str:
         return "reviews"
     # review_share(text) would _prep the text again, which changes nothing without a "&" (no entity
     # left to decode, glued sentences split already): then the boilerplate found above serves
-    share = _review_share(text, boiler, plain) if "&" not in text else review_share(text)
+    share = (_review_share(text, boiler, plain, REVIEWS_SHARE) if "&" not in text
+             else _raw_review_share(text, REVIEWS_SHARE))
     if share >= REVIEWS_SHARE:
         return "reviews"
-    sentences = _sentences(rest)
     # a publisher's self-description; "Formerly publisher of X, Y is a leading expert" is a bio.
-    # The case-blind pattern tries every offset: only in sentences that can hold it (most texts none)
-    if _may_publish(rest):
+    # The case-blind pattern tries every offset: only in sentences that can hold it (most texts none).
+    # A sentence is a piece of rest between white space (or its ends), where \b sees what it sees in
+    # rest: a match in a sentence is one in rest, so without one in rest no sentence has one
+    sentences = None
+    if _may_publish(rest) and _PUBLISHER.search(rest):
+        sentences = _sentences(rest)
         publisher = [bool(_may_publish(s) and _PUBLISHER.search(s) and not _BIO_CUE.search(s)) for s in sentences]
         if _share(sentences, publisher) >= BOILERPLATE_SHARE:
             return "boilerplate"
+    if sentences is None and not _may_be_bio(rest):
+        return "product"  # most products: settled by their first sentence, the others never split
+    if sentences is None:
+        sentences = _sentences(rest)
     flags = _bio_flags(sentences)
     if flags and flags[0] and _share(sentences, flags) >= BIO_SHARE:
         return "author_bio"
