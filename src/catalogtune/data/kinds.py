@@ -104,6 +104,8 @@ _PUBLISHER = re.compile(r"\b(?:publishers?\b|publishing (?:group|house|company|i
                         r"|was founded in|[Ff]ounded in \d{4}|we are proud to publish)", re.IGNORECASE)
 # one of these is in every _PUBLISHER match, in lowercase (as ``str.lower`` gives it for ASCII text)
 _PUBLISHER_LITERALS = ("publish", "imprint", "library of liberal arts", "authors represent", "founded in")
+_PUBLISHER_LEAD = len("we are proud to ")
+"""The most characters of a ``_PUBLISHER`` match before its literal ("previously ", "was " are fewer)."""
 
 _ROLE = (r"(?i:writer|novelist|journalist|author|poet|professor|artist|illustrator|teacher|lecturer|consultant"
          r"|expert|practitioner|therapist|astrologer|psychologist|chef|historian|designer|photographer|broadcaster"
@@ -153,11 +155,12 @@ _GLUED = re.compile(r"(?<=[a-z]{2}[.!?])(?=[A-Z][a-z])")
 # a glued place is right after one of these (found fast, unlike a look-behind tried at every offset)
 _GLUED_HINT = re.compile(r"[.!?][A-Z]")
 _LETTER = re.compile(r"\w")
+_ODD_SPACE = re.compile(r"[^\S ]")  # white space but the space (\s is str.isspace)
+_ASCII_ODD_SPACE = "\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f"  # what it matches in ASCII, each found by memchr
 # Small patterns the functions below use on every text, compiled once: a string pattern inside a
 # function costs a lookup in the re module's cache on every call (and a compile when it fell out).
-_WORD = re.compile(r"\w+")
 _NON_WORD_ASCII = bytes(c for c in range(128) if not _LETTER.match(chr(c)))
-_NON_LETTERS = re.compile(r"\W+")
+_NON_ASCII_WORD = re.compile(r"[^\W\x00-\x7f]")
 _POSSESSIVE_NEXT = re.compile(r"\s+[a-z]")
 _CLAUSE_END = re.compile(r"[.!?…,](?=,?\s)")
 _LOWER_NEXT = re.compile(r"\s*[a-z]")
@@ -179,7 +182,16 @@ def _prep(text: str) -> str:
         if _GLUED.match(text, m.start() + 1):
             parts += (text[at:m.start() + 1], " ")
             at = m.start() + 1
-    return " ".join(("".join(parts) + text[at:] if parts else text).split())
+    return _squeeze("".join(parts) + text[at:] if parts else text)
+
+
+def _squeeze(text: str) -> str:
+    """``" ".join(text.split())``, which costs a string per word: most texts are squeezed already."""
+    if "  " in text or text[:1] == " " or text[-1:] == " " or (
+            any(map(text.__contains__, _ASCII_ODD_SPACE)) if text.isascii()
+            else not text.isprintable() and _ODD_SPACE.search(text)):  # every other space is unprintable
+        return " ".join(text.split())
+    return text  # only single spaces (what \s and str.split take for white space), none at an end
 
 
 def _scan_quotes(text: str) -> list[tuple[int, int]]:
@@ -267,9 +279,21 @@ def _source_at(text: str, pos: int) -> tuple[str, int] | None:
     return src.rstrip("."), m.end()
 
 
-def _words_in(text: str, start: int = 0, end: int | None = None) -> int:
-    """Words of ``text[start:end]`` (counted in place: no slice is copied)."""
-    return len(_WORD.findall(text, start, len(text) if end is None else end))
+def _words_at_least(text: str, k: int, start: int = 0, end: int | None = None) -> bool:
+    """Whether ``text[start:end]`` holds ``k`` words or more (runs of ``\\w``), found in place.
+
+    A pattern of ``k`` possessive (non-word run, word run) pairs matches there exactly then, and
+    stops after ``k`` words: counting them all (``findall``) costs a string per word of a long gap.
+    """
+    if k <= 0:
+        return True
+    rx = _AT_LEAST.get(k)
+    if rx is None:
+        rx = _AT_LEAST[k] = re.compile(rf"(?:\W*+\w++){{{k}}}")
+    return rx.match(text, start, len(text) if end is None else end) is not None
+
+
+_AT_LEAST: dict[int, re.Pattern] = {}
 
 
 def quote_spans(text: str, min_words: int = 3) -> list[tuple[int, int]]:
@@ -283,8 +307,7 @@ def quote_spans(text: str, min_words: int = 3) -> list[tuple[int, int]]:
     text = text or ""
     out = []
     for a, b in _scan_quotes(text):
-        words = _words_in(text, a, b)
-        if words >= min_words or words and _source_at(text, b):
+        if _words_at_least(text, min_words, a, b) or _words_at_least(text, 1, a, b) and _source_at(text, b):
             out.append((a, b))
     return out
 
@@ -351,7 +374,13 @@ def _letters(text: str, regions: list[tuple[int, int]]) -> int:
     if text.isascii():  # most texts: bytes.translate drops the rest in one pass, 3x faster than findall
         data = text.encode("ascii")
         return sum(len(data[a:b].translate(None, _NON_WORD_ASCII)) for a, b in regions)
-    return sum(len(_NON_LETTERS.sub("", text[a:b])) for a, b in regions)
+    # the same in ASCII, each other character a "?" (offsets hold), and the others' word characters
+    # (rare) one by one: a substitution per region copies every letter, 4x slower
+    data = text.encode("ascii", "replace")
+    n = sum(len(data[a:b].translate(None, _NON_WORD_ASCII)) for a, b in regions)
+    for m in _NON_ASCII_WORD.finditer(text):
+        n += sum(a <= m.start() < b for a, b in regions)
+    return n
 
 
 WHOLE_SIGN_SCAN_CHARS = 4000
@@ -423,10 +452,10 @@ def _fill_gaps(text: str, regions: list[tuple[int, int]], max_words: int = 8) ->
     """Join review regions a few words apart: headers and sources the patterns missed."""
     filled: list[tuple[int, int]] = []
     for a, b in _merge(regions):
-        if _words_in(text, filled[-1][1] if filled else 0, a) <= max_words:
+        if not _words_at_least(text, max_words + 1, filled[-1][1] if filled else 0, a):
             a = filled.pop()[0] if filled else 0
         filled.append((a, b))
-    if filled and _words_in(text, filled[-1][1]) <= 3:
+    if filled and not _words_at_least(text, 4, filled[-1][1]):
         filled[-1] = (filled[-1][0], len(text))
     return filled
 
@@ -462,31 +491,32 @@ def _review_share(text: str, boiler: list[tuple[int, int]], plain: str, enough: 
 
     With ``enough``, a share of at least ``enough`` may come back as soon as one is certain (a lower
     bound, not the share): unquoted signatures only add regions, and the share only grows with them
-    (a region more covers more, and fills gaps at least as wide; see ``_covered_share``), so when the
-    regions found before them give ``enough``, their scan, the costliest of the review texts, is skipped.
+    (a region more covers more, and no gap gets wider; see ``_covered_share``), so when the regions
+    found before them give ``enough``, their scan, the costliest part of a review text, is skipped.
     """
     # plain keeps the boilerplate as spaces, so a source can end a text: "itself., Devon Life--This text ..."
     spans = quote_spans(plain)
     regions, sources = _review_regions(plain, spans)
-    if enough is not None and regions and (share := _covered_share(text, boiler, plain, spans, regions,
-                                                                   sources)) >= enough:
+    # the boilerplate's letters are spaces in plain: counting there leaves them out
+    total = _letters(plain, [(0, len(plain))]) if regions else None
+    if enough is not None and regions and (share := _covered_share(text, boiler, spans, regions, sources,
+                                                                   plain, total)) >= enough:
         return share
     regions += _unquoted_signs(plain, regions)
-    return _covered_share(text, boiler, plain, spans, regions, sources)
-
-
-def _covered_share(text: str, boiler: list[tuple[int, int]], plain: str, spans: list[tuple[int, int]],
-                   regions: list[tuple[int, int]], sources: list[tuple[int, str]]) -> float:
-    """Share of the letters of ``plain`` that ``regions`` cover, once gaps are filled (see ``_review_share``)."""
     if not regions:
         return 0.0  # nothing covered but the boilerplate, which does not count: most products
-    # the boilerplate's letters are spaces in plain: counting there leaves them out
-    total = _letters(plain, [(0, len(plain))])
+    return _covered_share(text, boiler, spans, regions, sources, plain,
+                          _letters(plain, [(0, len(plain))]) if total is None else total)
+
+
+def _covered_share(text: str, boiler: list[tuple[int, int]], spans: list[tuple[int, int]],
+                   regions: list[tuple[int, int]], sources: list[tuple[int, str]], plain: str, total: int) -> float:
+    """Share of the ``total`` letters of ``plain`` that ``regions`` cover, gaps filled (see ``_review_share``)."""
     if total <= 0:
         return 0.0
     # without any source or header the quotes may be a phrase ("call it 'the best mug'"): no gap
-    # filling, only the quoted letters count. Either way more regions cover at least as much: filled
-    # gaps only shrink (and hold fewer words) as regions are added
+    # filling, only the quoted letters count. Either way more regions cover at least as much: a gap
+    # left between them only shrinks (and holds no more words) as regions are added
     covered = _merge((_fill_gaps(text, regions) if sources or len(regions) > len(spans) else regions) + boiler)
     return min(1.0, _letters(plain, covered) / total)
 
@@ -540,7 +570,7 @@ def is_quote_style(text: str) -> bool:
     if _PRAISE.match(t) or _SOURCE_HEAD.match(t):
         return True
     spans = _scan_quotes(t[:300])
-    return bool(spans) and spans[0][0] == 0 and _words_in(t[:spans[0][1]]) >= 2
+    return bool(spans) and spans[0][0] == 0 and _words_at_least(t, 2, 0, spans[0][1])
 
 
 def _sentences(text: str) -> list[str]:
@@ -553,8 +583,10 @@ def _iter_sentences(text: str) -> Iterator[str]:
     start = 0
     for m in _STOP.finditer(text):
         if m.group(0)[0] == ".":  # the word before matters only for a full stop
-            # pos/endpos instead of a slice: "$" matches at endpos as at a slice's end
-            word = _LAST_TOKEN.search(text, max(start, m.start() - 30), m.start())
+            # pos/endpos instead of a slice: "$" matches at endpos as at a slice's end. No match
+            # starts before the window's last space, so the search starts after it
+            lo = max(start, m.start() - 30)
+            word = _LAST_TOKEN.search(text, max(lo, text.rfind(" ", lo, m.start()) + 1), m.start())
             w = word.group(0).lower() if word else ""
             if len(w) == 1 or w in _ABBREV or _INITIALS.fullmatch(w):
                 continue
@@ -651,12 +683,23 @@ def _mentions(s: str, words: list[str]) -> bool:
     return False
 
 
-def _may_publish(s: str) -> bool:
-    """False where ``_PUBLISHER`` cannot match ``s``: ASCII without any of its literals.
+def _publishes(s: str) -> bool:
+    """``bool(_PUBLISHER.search(s))``, the case-blind pattern tried only near its literals in ASCII text.
 
-    Other text may match through case folding ("ſ" matches "s"), so it is always tried.
+    Every match holds one of ``_PUBLISHER_LITERALS`` at most ``_PUBLISHER_LEAD`` characters after its
+    start; ASCII text lowercased keeps its offsets. Other text may match through case folding ("ſ"
+    matches "s"), so it is searched whole.
     """
-    return not s.isascii() or any(w in s.lower() for w in _PUBLISHER_LITERALS)
+    if not s.isascii():
+        return _PUBLISHER.search(s) is not None
+    low = s.lower()
+    for lit in _PUBLISHER_LITERALS:
+        i = low.find(lit)
+        while i >= 0:
+            if any(_PUBLISHER.match(s, p) for p in range(max(0, i - _PUBLISHER_LEAD), i + 1)):
+                return True
+            i = low.find(lit, i + 1)
+    return False
 
 
 def _share(sentences: list[str], flags: list[bool]) -> float:
@@ -678,7 +721,7 @@ def content_kind(text: str) -> str:
     boiler = _boiler_regions(text)
     plain = _blank(text, boiler)
     # _prep collapsed the white space already: only blanked boilerplate can leave more
-    rest = (" ".join(plain.split()) if boiler else plain).strip(" -–—.,;:")
+    rest = (_squeeze(plain) if boiler else plain).strip(" -–—.,;:")
     if not _LETTER.search(rest) or _CREDIT.match(rest):
         return "boilerplate"
     if _SOURCE_HEAD.match(text):
@@ -694,9 +737,9 @@ def content_kind(text: str) -> str:
     # A sentence is a piece of rest between white space (or its ends), where \b sees what it sees in
     # rest: a match in a sentence is one in rest, so without one in rest no sentence has one
     sentences = None
-    if _may_publish(rest) and _PUBLISHER.search(rest):
+    if _publishes(rest):
         sentences = _sentences(rest)
-        publisher = [bool(_may_publish(s) and _PUBLISHER.search(s) and not _BIO_CUE.search(s)) for s in sentences]
+        publisher = [_publishes(s) and not _BIO_CUE.search(s) for s in sentences]
         if _share(sentences, publisher) >= BOILERPLATE_SHARE:
             return "boilerplate"
     if sentences is None and not _may_be_bio(rest):
