@@ -106,6 +106,9 @@ _PUBLISHER = re.compile(r"\b(?:publishers?\b|publishing (?:group|house|company|i
 _PUBLISHER_LITERALS = ("publish", "imprint", "library of liberal arts", "authors represent", "founded in")
 _PUBLISHER_LEAD = len("we are proud to ")
 """The most characters of a ``_PUBLISHER`` match before its literal ("previously ", "was " are fewer)."""
+_PUBLISHER_LITERALS_B = tuple(w.encode("ascii") for w in _PUBLISHER_LITERALS)
+# the characters but ASCII that a case-blind ASCII letter matches: İ ı ſ and the Kelvin sign (a test checks)
+_FOLDS_TO_ASCII = re.compile("[\u0130\u0131\u017f\u212a]")
 
 _ROLE = (r"(?i:writer|novelist|journalist|author|poet|professor|artist|illustrator|teacher|lecturer|consultant"
          r"|expert|practitioner|therapist|astrologer|psychologist|chef|historian|designer|photographer|broadcaster"
@@ -684,16 +687,17 @@ def _mentions(s: str, words: list[str]) -> bool:
 
 
 def _publishes(s: str) -> bool:
-    """``bool(_PUBLISHER.search(s))``, the case-blind pattern tried only near its literals in ASCII text.
+    """``bool(_PUBLISHER.search(s))``, the case-blind pattern tried only near its literals.
 
     Every match holds one of ``_PUBLISHER_LITERALS`` at most ``_PUBLISHER_LEAD`` characters after its
-    start; ASCII text lowercased keeps its offsets. Other text may match through case folding ("ſ"
-    matches "s"), so it is searched whole.
+    start, all ASCII: so they are looked for in ``s`` with every other character a "?" (the offsets
+    hold), lowercased. Only the characters of ``_FOLDS_TO_ASCII`` match an ASCII letter case-blindly
+    ("ſ" matches "s"): a text with one is searched whole.
     """
-    if not s.isascii():
+    if not s.isascii() and _FOLDS_TO_ASCII.search(s):
         return _PUBLISHER.search(s) is not None
-    low = s.lower()
-    for lit in _PUBLISHER_LITERALS:
+    low = s.encode("ascii", "replace").lower()
+    for lit in _PUBLISHER_LITERALS_B:
         i = low.find(lit)
         while i >= 0:
             if any(_PUBLISHER.match(s, p) for p in range(max(0, i - _PUBLISHER_LEAD), i + 1)):
