@@ -602,17 +602,22 @@ def _iter_sentences(text: str) -> Iterator[str]:
         yield s
 
 
-def _bio_flags(sentences: list[str]) -> list[bool]:
+_UNKNOWN = object()
+
+
+def _bio_flags(sentences: list[str], first: re.Match | None | object = _UNKNOWN) -> list[bool]:
     """Which sentences are biography.
 
     A sentence with a cue ("was born", "is the author of", "lives in", "is President of") and a
     person as subject; after one, any sentence with that person or "he"/"she" as subject. A first
     sentence with a person as subject and no cue ("Linda Fairley enrolled as a nurse") counts
-    when the next one goes on about that person.
+    when the next one goes on about that person. ``first`` is ``_person_subject(sentences[0])``
+    when the caller has it.
     """
     if not sentences:
         return []
-    first = _person_subject(sentences[0])
+    if first is _UNKNOWN:
+        first = _person_subject(sentences[0])
     words = [w for w in _NAME_WORD.findall(first.group(0)) if w not in _TITLE_WORDS] if first else []
     flags: list[bool] = []
     seen = False  # a biography sentence so far
@@ -622,7 +627,7 @@ def _bio_flags(sentences: list[str]) -> list[bool]:
         about = _about(s, words) if k > 0 and (seen or first) else None
         bio = bool(about) or seen and _mentions(s, words)
         if not bio:  # a cue with a person as subject: the cue is the costliest search, so it comes last
-            own = seen or _person_subject(s) or (_about(s, words) if about is None else about)
+            own = seen or (first if k == 0 else _person_subject(s)) or (_about(s, words) if about is None else about)
             born = ("born" in s or "uthor" in s) and _BORN_OR_AUTHOR.search(s)
             bio = bool((own or born) and _BIO_CUE.search(s))
         # a sentence about the product is not biography ("Her latest work is a collection ...")
@@ -639,8 +644,11 @@ def _may_be_bio(text: str) -> bool:
     Its flag is computed as there (it needs no later sentence); only a person as its subject
     lets a later sentence set it afterwards.
     """
-    first = next(_iter_sentences(text), None)
-    return first is not None and bool(_person_subject(first) or _bio_flags([first])[0])
+    s = next(_iter_sentences(text), None)
+    if s is None:
+        return False
+    first = _person_subject(s)
+    return bool(first) or _bio_flags([s], first)[0]
 
 
 def _person_subject(s: str) -> re.Match | None:
