@@ -529,9 +529,11 @@ def _boiler_regions(text: str) -> list[tuple[int, int]]:
     # The edition note and the copyright line are frequent: tried only right before their literal
     spans = [m.span() for m in _at_literal(_REFERS, text, "This text refers to", "-—")]
     spans += [m.span() for m in _at_literal(_COPYRIGHT, text, "Copyright", "(c)©")]
-    rules = [(_LANGUAGE, ("Text:",)), (_LABELS, ("escription", "Language Notes", "Editorial", "Not available"))]
-    spans += [m.span() for rx, lits in rules if any(x in text for x in lits) for m in rx.finditer(text)]
-    return _merge(spans)
+    spans += [m.span() for rx, lits in _BOILER_RULES if any(x in text for x in lits) for m in rx.finditer(text)]
+    return _merge(spans) if spans else spans  # most texts: none
+
+
+_BOILER_RULES = ((_LANGUAGE, ("Text:",)), (_LABELS, ("escription", "Language Notes", "Editorial", "Not available")))
 
 
 def _at_literal(rx: re.Pattern, text: str, literal: str, lead: str) -> list[re.Match]:
