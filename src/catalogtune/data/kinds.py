@@ -26,10 +26,10 @@ _DOUBLE = '"“”„«»'
 _SINGLE = "'‘’‚"
 _QUOTES = _DOUBLE + _SINGLE
 _MARK = re.compile("''|[" + _QUOTES + "]")
-# _MARK's marks, but a single one between a letter or digit and [a-z0-9] (an apostrophe: "don't"):
-# the same tokens where both match ("''" first), so any mark _MARK finds in between is such an apostrophe
-# (a double mark; "''"; a single one before another character or after no letter or digit). One class
-# first, which the engine finds fast; an alternation of "''" and a class first is tried at every offset
+# _MARK's tokens but the single marks between a letter or digit and [a-z0-9] (apostrophes: "don't"):
+# a double mark, "''", or a single mark not followed by [a-z0-9] or not after a letter or digit. Where
+# both match they give the same token ("''" first), so whatever _MARK finds between two of these is
+# such an apostrophe. A class first is found fast; "''|[...]" is tried at every offset
 _MARK_FAST = re.compile(r"[\"“”„«»'‘’‚](?:(?<=[\"“”„«»])|(?<=')'|(?![a-z0-9])|(?<![^\W_].))")
 # Elisions that start with an apostrophe: "'Tis", "'90s", "rock 'n' roll" are not quotes.
 _ELISION = re.compile(r"['’‘](?:tis|twas|em|n|til|cause|\d0s)\b", re.IGNORECASE)
