@@ -266,6 +266,80 @@ def test_fast_paths_find_what_the_full_scans_find():
             assert kinds._mentions(s, words) == bool(mention.search(s, 0, 60))
 
 
+# pieces for the fast paths of content_kind: non-ASCII letters and spaces, case-folding characters
+# (ſ matches "s", İ and ı "i", the Kelvin sign "k", all case-blind), publisher and biography cues
+_ODD_PIECES = _PIECES + ("é", "café", "ß", "٣", "中", "\u0301", "\xa0", "\u2028", "\x1c", "\t", "publiſher",
+                         "\u0130mprint", "impr\u0131nt", "\u212aestrel", "publishing house", "imprint", "founded in 1901",
+                         "we are proud to publish", "previously published by", "Library of Liberal Arts",
+                         "she has written", "grew up", "is a novelist", "(1898-1963)", "'s", "’s", "l’été", "''",
+                         "it's", "Jones’", "O'Hara", "Daily Post", "'Tis")
+
+
+def _sentences_reference(text):
+    # _sentences as it was written before _iter_sentences: a slice searched, not pos/endpos
+    out, start = [], 0
+    for m in kinds._STOP.finditer(text):
+        if m.group(0)[0] == ".":
+            word = kinds._LAST_TOKEN.search(text[max(start, m.start() - 30):m.start()])
+            w = word.group(0).lower() if word else ""
+            if len(w) == 1 or w in kinds._ABBREV or kinds._INITIALS.fullmatch(w):
+                continue
+        out.append(text[start:m.end()].strip())
+        start = m.end()
+    out.append(text[start:].strip())
+    return [s for s in out if kinds._LETTER.search(s)]
+
+
+def test_content_kind_shortcuts_change_no_result():
+    """Each shortcut content_kind takes is checked against the scan it skips, on invented texts."""
+    rnd = random.Random(11)
+    for _ in range(600):
+        t = "".join(rnd.choice(_ODD_PIECES) + rnd.choice(("", " ", " ", ". ")) for _ in range(rnd.randint(0, 30)))
+        prepped = kinds._prep(t)
+        assert kinds._squeeze(t) == " ".join(t.split())
+        # quote marks: what _MARK_FAST leaves out is an apostrophe inside a word ("don't")
+        fast = {m.span() for m in kinds._MARK_FAST.finditer(t)}
+        for m in kinds._MARK.finditer(t):
+            if m.span() not in fast:
+                i = m.start()
+                assert m.end() - i == 1 and i > 0 and t[i - 1].isalnum() and re.match(r"[a-z0-9]", t[i + 1:i + 2])
+        assert fast <= {m.span() for m in kinds._MARK.finditer(t)}
+        assert kinds._letters(t, [(0, len(t)), (2, 7)]) == len(re.findall(r"\w", t)) + len(re.findall(r"\w", t[2:7]))
+        for k in (0, 1, 2, 4, 9):
+            assert kinds._words_at_least(t, k, 3, len(t) - 2) == (len(re.findall(r"\w+", t[3:len(t) - 2])) >= k)
+        for s in (t, prepped):
+            assert kinds._publishes(s) == bool(kinds._PUBLISHER.search(s))
+            assert kinds._sentences(s) == _sentences_reference(s)
+            if not kinds._may_be_bio(s):  # the first sentence settles it: no biography can start there
+                flags = kinds._bio_flags(kinds._sentences(s))
+                assert not flags or not flags[0]
+        # the share is cut short only where the whole one reaches the threshold too
+        assert (kinds._raw_review_share(t, kinds.REVIEWS_SHARE) >= kinds.REVIEWS_SHARE) == (
+            kinds.review_share(t) >= kinds.REVIEWS_SHARE)
+
+
+@pytest.mark.parametrize("text,kind", [
+    ("Jane Doe designed this mug for everyday use. It holds 350 ml and is dishwasher safe.", "product"),
+    ("A café mug with a wide handle. It's dishwasher safe and won't chip.", "product"),
+    ("Linda Fairley enrolled as a nurse in 1962. She went on to train as a midwife in Manchester.", "author_bio"),
+    ("&lsquo;A gripping read from start to finish.&rsquo; Daily Chronicle &lsquo;Warm, wise and very "
+     "funny.&rsquo; Morning Gazette", "reviews"),
+    # the publisher pattern is case-blind: these match only through case folding, never skipped
+    ("Acme Books is an independent publiſhing house based in York.", "boilerplate"),
+    ("Acme Books is an \u0130mprint of Bigger Books.", "boilerplate"),
+    ("Acme Books, an impr\u0131nt of Bigger Books, makes maps. Its maps are sold in every country.", "boilerplate"),
+    ("Grandes Éditions, an imprint of Bigger Books since 1950, is a publisher of maps.", "boilerplate"),
+])
+def test_kinds_through_the_shortcuts(text, kind):
+    assert kinds.content_kind(text) == kind
+
+
+def test_apostrophes_skipped_by_the_engine_still_end_a_nested_quote():
+    # an apostrophe inside a word ("a’ ") clears the nested flag of an open double passage, as when
+    # every mark was looked at in Python: without that, the passage from “ is lost
+    assert kinds._scan_quotes("”.T “'Daily Post‘a’ T") == [(4, 19)]
+
+
 def test_real_sample_has_every_kind(sample_path):
     """The 400 real records, read in place: every kind occurs and reviews are a large share."""
     contents = [json.loads(line)["content"] for line in sample_path.open(encoding="utf-8")]

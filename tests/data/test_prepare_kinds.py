@@ -63,3 +63,14 @@ def test_drop_kinds_drops_from_train_only_and_counts_it(raw, tmp_path):
     assert res.report["content_kinds"]["train"].get("reviews", 0) == 0
     with pytest.raises(ValueError, match="unknown drop_kinds"):
         PrepareConfig(inputs=[raw], out=tmp_path / "p2", drop_kinds=["poems"])
+
+
+def test_repeated_descriptions_of_a_chunk_keep_their_kind():
+    from catalogtune.data import records
+
+    texts = [f"'A wonderful story, told with warmth {i % 3}.' {PAPERS[i % 5]} 'Simply brilliant.' {PAPERS[1]}"
+             if i % 2 else f"A steel trowel with a {i % 4} cm blade and an ash handle, sold with a leather loop."
+             for i in range(24)]
+    codes = list(records._kind_codes(texts))
+    assert codes == [records._KIND_CODE[content_kind(t)] for t in texts]
+    assert set(codes) == {records._KIND_CODE["reviews"], records._KIND_CODE["product"]}

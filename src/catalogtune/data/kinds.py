@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import html
 import re
+from typing import Iterator
 
 KINDS = ("product", "reviews", "boilerplate", "author_bio")
 REVIEWS_SHARE = 0.6
@@ -25,6 +26,11 @@ _DOUBLE = '"“”„«»'
 _SINGLE = "'‘’‚"
 _QUOTES = _DOUBLE + _SINGLE
 _MARK = re.compile("''|[" + _QUOTES + "]")
+# _MARK's tokens but the single marks between a letter or digit and [a-z0-9] (apostrophes: "don't"):
+# a double mark, "''", or a single mark not followed by [a-z0-9] or not after a letter or digit. Where
+# both match they give the same token ("''" first), so whatever _MARK finds between two of these is
+# such an apostrophe. A class first is found fast; "''|[...]" is tried at every offset
+_MARK_FAST = re.compile(r"[\"“”„«»'‘’‚](?:(?<=[\"“”„«»])|(?<=')'|(?![a-z0-9])|(?<![^\W_].))")
 # Elisions that start with an apostrophe: "'Tis", "'90s", "rock 'n' roll" are not quotes.
 _ELISION = re.compile(r"['’‘](?:tis|twas|em|n|til|cause|\d0s)\b", re.IGNORECASE)
 _OPEN_AFTER = set(" \t\n\r([{—–-:;,/*•…>!?.") | set(_QUOTES)
@@ -98,6 +104,11 @@ _PUBLISHER = re.compile(r"\b(?:publishers?\b|publishing (?:group|house|company|i
                         r"|was founded in|[Ff]ounded in \d{4}|we are proud to publish)", re.IGNORECASE)
 # one of these is in every _PUBLISHER match, in lowercase (as ``str.lower`` gives it for ASCII text)
 _PUBLISHER_LITERALS = ("publish", "imprint", "library of liberal arts", "authors represent", "founded in")
+_PUBLISHER_LEAD = len("we are proud to ")
+"""The most characters of a ``_PUBLISHER`` match before its literal ("previously ", "was " are fewer)."""
+_PUBLISHER_LITERALS_B = tuple(w.encode("ascii") for w in _PUBLISHER_LITERALS)
+# the characters but ASCII that a case-blind ASCII letter matches: İ ı ſ and the Kelvin sign (a test checks)
+_FOLDS_TO_ASCII = re.compile("[\u0130\u0131\u017f\u212a]")
 
 _ROLE = (r"(?i:writer|novelist|journalist|author|poet|professor|artist|illustrator|teacher|lecturer|consultant"
          r"|expert|practitioner|therapist|astrologer|psychologist|chef|historian|designer|photographer|broadcaster"
@@ -147,11 +158,12 @@ _GLUED = re.compile(r"(?<=[a-z]{2}[.!?])(?=[A-Z][a-z])")
 # a glued place is right after one of these (found fast, unlike a look-behind tried at every offset)
 _GLUED_HINT = re.compile(r"[.!?][A-Z]")
 _LETTER = re.compile(r"\w")
+_ODD_SPACE = re.compile(r"[^\S ]")  # white space but the space (\s is str.isspace)
+_ASCII_ODD_SPACE = "\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f"  # what it matches in ASCII, each found by memchr
 # Small patterns the functions below use on every text, compiled once: a string pattern inside a
 # function costs a lookup in the re module's cache on every call (and a compile when it fell out).
-_WORD = re.compile(r"\w+")
 _NON_WORD_ASCII = bytes(c for c in range(128) if not _LETTER.match(chr(c)))
-_NON_LETTERS = re.compile(r"\W+")
+_NON_ASCII_WORD = re.compile(r"[^\W\x00-\x7f]")
 _POSSESSIVE_NEXT = re.compile(r"\s+[a-z]")
 _CLAUSE_END = re.compile(r"[.!?…,](?=,?\s)")
 _LOWER_NEXT = re.compile(r"\s*[a-z]")
@@ -173,7 +185,16 @@ def _prep(text: str) -> str:
         if _GLUED.match(text, m.start() + 1):
             parts += (text[at:m.start() + 1], " ")
             at = m.start() + 1
-    return " ".join(("".join(parts) + text[at:] if parts else text).split())
+    return _squeeze("".join(parts) + text[at:] if parts else text)
+
+
+def _squeeze(text: str) -> str:
+    """``" ".join(text.split())``, which costs a string per word: most texts are squeezed already."""
+    if "  " in text or text[:1] == " " or text[-1:] == " " or (
+            any(map(text.__contains__, _ASCII_ODD_SPACE)) if text.isascii()
+            else not text.isprintable() and _ODD_SPACE.search(text)):  # every other space is unprintable
+        return " ".join(text.split())
+    return text  # only single spaces (what \s and str.split take for white space), none at an end
 
 
 def _scan_quotes(text: str) -> list[tuple[int, int]]:
@@ -187,8 +208,12 @@ def _scan_quotes(text: str) -> list[tuple[int, int]]:
     n = len(text)
     spans: list[tuple[int, int]] = []
     open_at, open_kind, seg_start, nested = -1, "", 0, False
-    for m in _MARK.finditer(text):
+    last = 0  # where the previous mark seen here ended
+    for m in _MARK_FAST.finditer(text):  # the marks of _MARK but most apostrophes, skipped by the engine
         i, ch, end = m.start(), text[m.start()], m.end()
+        if nested and open_kind == "d" and _MARK.search(text, last, i):
+            nested = False  # what the apostrophes skipped since the last mark do (see below)
+        last = end
         kind = "d" if ch in _DOUBLE or end - i == 2 else "s"
         prev, nxt = text[i - 1] if i else " ", text[end] if end < n else " "
         if kind == "s" and prev.isalnum() and nxt.isalnum() and not nxt.isupper():
@@ -257,9 +282,21 @@ def _source_at(text: str, pos: int) -> tuple[str, int] | None:
     return src.rstrip("."), m.end()
 
 
-def _words_in(text: str, start: int = 0, end: int | None = None) -> int:
-    """Words of ``text[start:end]`` (counted in place: no slice is copied)."""
-    return len(_WORD.findall(text, start, len(text) if end is None else end))
+def _words_at_least(text: str, k: int, start: int = 0, end: int | None = None) -> bool:
+    """Whether ``text[start:end]`` holds ``k`` words or more (runs of ``\\w``), found in place.
+
+    A pattern of ``k`` possessive (non-word run, word run) pairs matches there exactly then, and
+    stops after ``k`` words: counting them all (``findall``) costs a string per word of a long gap.
+    """
+    if k <= 0:
+        return True
+    rx = _AT_LEAST.get(k)
+    if rx is None:
+        rx = _AT_LEAST[k] = re.compile(rf"(?:\W*+\w++){{{k}}}")
+    return rx.match(text, start, len(text) if end is None else end) is not None
+
+
+_AT_LEAST: dict[int, re.Pattern] = {}
 
 
 def quote_spans(text: str, min_words: int = 3) -> list[tuple[int, int]]:
@@ -273,8 +310,7 @@ def quote_spans(text: str, min_words: int = 3) -> list[tuple[int, int]]:
     text = text or ""
     out = []
     for a, b in _scan_quotes(text):
-        words = _words_in(text, a, b)
-        if words >= min_words or words and _source_at(text, b):
+        if _words_at_least(text, min_words, a, b) or _words_at_least(text, 1, a, b) and _source_at(text, b):
             out.append((a, b))
     return out
 
@@ -341,7 +377,13 @@ def _letters(text: str, regions: list[tuple[int, int]]) -> int:
     if text.isascii():  # most texts: bytes.translate drops the rest in one pass, 3x faster than findall
         data = text.encode("ascii")
         return sum(len(data[a:b].translate(None, _NON_WORD_ASCII)) for a, b in regions)
-    return sum(len(_NON_LETTERS.sub("", text[a:b])) for a, b in regions)
+    # the same in ASCII, each other character a "?" (offsets hold), and the others' word characters
+    # (rare) one by one: a substitution per region copies every letter, 4x slower
+    data = text.encode("ascii", "replace")
+    n = sum(len(data[a:b].translate(None, _NON_WORD_ASCII)) for a, b in regions)
+    for m in _NON_ASCII_WORD.finditer(text):
+        n += sum(a <= m.start() < b for a, b in regions)
+    return n
 
 
 WHOLE_SIGN_SCAN_CHARS = 4000
@@ -413,10 +455,10 @@ def _fill_gaps(text: str, regions: list[tuple[int, int]], max_words: int = 8) ->
     """Join review regions a few words apart: headers and sources the patterns missed."""
     filled: list[tuple[int, int]] = []
     for a, b in _merge(regions):
-        if _words_in(text, filled[-1][1] if filled else 0, a) <= max_words:
+        if not _words_at_least(text, max_words + 1, filled[-1][1] if filled else 0, a):
             a = filled.pop()[0] if filled else 0
         filled.append((a, b))
-    if filled and _words_in(text, filled[-1][1]) <= 3:
+    if filled and not _words_at_least(text, 4, filled[-1][1]):
         filled[-1] = (filled[-1][0], len(text))
     return filled
 
@@ -438,25 +480,46 @@ def _blank(text: str, regions: list[tuple[int, int]]) -> str:
 
 def review_share(text: str) -> float:
     """Share of the letters of ``text`` (boilerplate left out) in quotes, sources and praise headers."""
+    return _raw_review_share(text)
+
+
+def _raw_review_share(text: str, enough: float | None = None) -> float:
     text = _prep(text)
     boiler = _boiler_regions(text)
-    return _review_share(text, boiler, _blank(text, boiler))
+    return _review_share(text, boiler, _blank(text, boiler), enough)
 
 
-def _review_share(text: str, boiler: list[tuple[int, int]], plain: str) -> float:
-    """``review_share`` of a text already through ``_prep``, with its boilerplate regions and blanked copy."""
+def _review_share(text: str, boiler: list[tuple[int, int]], plain: str, enough: float | None = None) -> float:
+    """``review_share`` of a text already through ``_prep``, with its boilerplate regions and blanked copy.
+
+    With ``enough``, a share of at least ``enough`` may come back as soon as one is certain (a lower
+    bound, not the share): unquoted signatures only add regions, and the share only grows with them
+    (a region more covers more, and no gap gets wider; see ``_covered_share``), so when the regions
+    found before them give ``enough``, their scan, the costliest part of a review text, is skipped.
+    """
     # plain keeps the boilerplate as spaces, so a source can end a text: "itself., Devon Life--This text ..."
     spans = quote_spans(plain)
     regions, sources = _review_regions(plain, spans)
+    # the boilerplate's letters are spaces in plain: counting there leaves them out
+    total = _letters(plain, [(0, len(plain))]) if regions else None
+    if enough is not None and regions and (share := _covered_share(text, boiler, spans, regions, sources,
+                                                                   plain, total)) >= enough:
+        return share
     regions += _unquoted_signs(plain, regions)
     if not regions:
         return 0.0  # nothing covered but the boilerplate, which does not count: most products
-    # the boilerplate's letters are spaces in plain: counting there leaves them out
-    total = _letters(plain, [(0, len(plain))])
+    return _covered_share(text, boiler, spans, regions, sources, plain,
+                          _letters(plain, [(0, len(plain))]) if total is None else total)
+
+
+def _covered_share(text: str, boiler: list[tuple[int, int]], spans: list[tuple[int, int]],
+                   regions: list[tuple[int, int]], sources: list[tuple[int, str]], plain: str, total: int) -> float:
+    """Share of the ``total`` letters of ``plain`` that ``regions`` cover, gaps filled (see ``_review_share``)."""
     if total <= 0:
         return 0.0
     # without any source or header the quotes may be a phrase ("call it 'the best mug'"): no gap
-    # filling, only the quoted letters count
+    # filling, only the quoted letters count. Either way more regions cover at least as much: a gap
+    # left between them only shrinks (and holds no more words) as regions are added
     covered = _merge((_fill_gaps(text, regions) if sources or len(regions) > len(spans) else regions) + boiler)
     return min(1.0, _letters(plain, covered) / total)
 
@@ -466,9 +529,11 @@ def _boiler_regions(text: str) -> list[tuple[int, int]]:
     # The edition note and the copyright line are frequent: tried only right before their literal
     spans = [m.span() for m in _at_literal(_REFERS, text, "This text refers to", "-—")]
     spans += [m.span() for m in _at_literal(_COPYRIGHT, text, "Copyright", "(c)©")]
-    rules = [(_LANGUAGE, ("Text:",)), (_LABELS, ("escription", "Language Notes", "Editorial", "Not available"))]
-    spans += [m.span() for rx, lits in rules if any(x in text for x in lits) for m in rx.finditer(text)]
-    return _merge(spans)
+    spans += [m.span() for rx, lits in _BOILER_RULES if any(x in text for x in lits) for m in rx.finditer(text)]
+    return _merge(spans) if spans else spans  # most texts: none
+
+
+_BOILER_RULES = ((_LANGUAGE, ("Text:",)), (_LABELS, ("escription", "Language Notes", "Editorial", "Not available")))
 
 
 def _at_literal(rx: re.Pattern, text: str, literal: str, lead: str) -> list[re.Match]:
@@ -510,35 +575,51 @@ def is_quote_style(text: str) -> bool:
     if _PRAISE.match(t) or _SOURCE_HEAD.match(t):
         return True
     spans = _scan_quotes(t[:300])
-    return bool(spans) and spans[0][0] == 0 and _words_in(t[:spans[0][1]]) >= 2
+    return bool(spans) and spans[0][0] == 0 and _words_at_least(t, 2, 0, spans[0][1])
 
 
 def _sentences(text: str) -> list[str]:
     """Sentences, not split after initials and titles ("David C. Isby", "Dr. Adler")."""
-    out, start = [], 0
+    return list(_iter_sentences(text))
+
+
+def _iter_sentences(text: str) -> Iterator[str]:
+    """``_sentences(text)`` one at a time: the first alone often settles a text (see ``_may_be_bio``)."""
+    start = 0
     for m in _STOP.finditer(text):
         if m.group(0)[0] == ".":  # the word before matters only for a full stop
-            word = _LAST_TOKEN.search(text[max(start, m.start() - 30):m.start()])
+            # pos/endpos instead of a slice: "$" matches at endpos as at a slice's end. No match
+            # starts before the window's last space, so the search starts after it
+            lo = max(start, m.start() - 30)
+            word = _LAST_TOKEN.search(text, max(lo, text.rfind(" ", lo, m.start()) + 1), m.start())
             w = word.group(0).lower() if word else ""
             if len(w) == 1 or w in _ABBREV or _INITIALS.fullmatch(w):
                 continue
-        out.append(text[start:m.end()].strip())
+        s = text[start:m.end()].strip()
         start = m.end()
-    out.append(text[start:].strip())
-    return [s for s in out if _LETTER.search(s)]
+        if _LETTER.search(s):
+            yield s
+    s = text[start:].strip()
+    if _LETTER.search(s):
+        yield s
 
 
-def _bio_flags(sentences: list[str]) -> list[bool]:
+_UNKNOWN = object()
+
+
+def _bio_flags(sentences: list[str], first: re.Match | None | object = _UNKNOWN) -> list[bool]:
     """Which sentences are biography.
 
     A sentence with a cue ("was born", "is the author of", "lives in", "is President of") and a
     person as subject; after one, any sentence with that person or "he"/"she" as subject. A first
     sentence with a person as subject and no cue ("Linda Fairley enrolled as a nurse") counts
-    when the next one goes on about that person.
+    when the next one goes on about that person. ``first`` is ``_person_subject(sentences[0])``
+    when the caller has it.
     """
     if not sentences:
         return []
-    first = _person_subject(sentences[0])
+    if first is _UNKNOWN:
+        first = _person_subject(sentences[0])
     words = [w for w in _NAME_WORD.findall(first.group(0)) if w not in _TITLE_WORDS] if first else []
     flags: list[bool] = []
     seen = False  # a biography sentence so far
@@ -548,7 +629,7 @@ def _bio_flags(sentences: list[str]) -> list[bool]:
         about = _about(s, words) if k > 0 and (seen or first) else None
         bio = bool(about) or seen and _mentions(s, words)
         if not bio:  # a cue with a person as subject: the cue is the costliest search, so it comes last
-            own = seen or _person_subject(s) or (_about(s, words) if about is None else about)
+            own = seen or (first if k == 0 else _person_subject(s)) or (_about(s, words) if about is None else about)
             born = ("born" in s or "uthor" in s) and _BORN_OR_AUTHOR.search(s)
             bio = bool((own or born) and _BIO_CUE.search(s))
         # a sentence about the product is not biography ("Her latest work is a collection ...")
@@ -557,6 +638,19 @@ def _bio_flags(sentences: list[str]) -> list[bool]:
     if first and not flags[0] and len(flags) > 1 and flags[1]:
         flags[0] = True  # "X enrolled as a nurse. She went on to train as a midwife."
     return flags
+
+
+def _may_be_bio(text: str) -> bool:
+    """False where ``_bio_flags(_sentences(text))`` cannot start with True: decided on the first sentence.
+
+    Its flag is computed as there (it needs no later sentence); only a person as its subject
+    lets a later sentence set it afterwards.
+    """
+    s = next(_iter_sentences(text), None)
+    if s is None:
+        return False
+    first = _person_subject(s)
+    return bool(first) or _bio_flags([s], first)[0]
 
 
 def _person_subject(s: str) -> re.Match | None:
@@ -602,12 +696,24 @@ def _mentions(s: str, words: list[str]) -> bool:
     return False
 
 
-def _may_publish(s: str) -> bool:
-    """False where ``_PUBLISHER`` cannot match ``s``: ASCII without any of its literals.
+def _publishes(s: str) -> bool:
+    """``bool(_PUBLISHER.search(s))``, the case-blind pattern tried only near its literals.
 
-    Other text may match through case folding ("ſ" matches "s"), so it is always tried.
+    Every match holds one of ``_PUBLISHER_LITERALS`` at most ``_PUBLISHER_LEAD`` characters after its
+    start, all ASCII: so they are looked for in ``s`` with every other character a "?" (the offsets
+    hold), lowercased. Only the characters of ``_FOLDS_TO_ASCII`` match an ASCII letter case-blindly
+    ("ſ" matches "s"): a text with one is searched whole.
     """
-    return not s.isascii() or any(w in s.lower() for w in _PUBLISHER_LITERALS)
+    if not s.isascii() and _FOLDS_TO_ASCII.search(s):
+        return _PUBLISHER.search(s) is not None
+    low = s.encode("ascii", "replace").lower()
+    for lit in _PUBLISHER_LITERALS_B:
+        i = low.find(lit)
+        while i >= 0:
+            if any(_PUBLISHER.match(s, p) for p in range(max(0, i - _PUBLISHER_LEAD), i + 1)):
+                return True
+            i = low.find(lit, i + 1)
+    return False
 
 
 def _share(sentences: list[str], flags: list[bool]) -> float:
@@ -629,23 +735,31 @@ def content_kind(text: str) -> str:
     boiler = _boiler_regions(text)
     plain = _blank(text, boiler)
     # _prep collapsed the white space already: only blanked boilerplate can leave more
-    rest = (" ".join(plain.split()) if boiler else plain).strip(" -–—.,;:")
+    rest = (_squeeze(plain) if boiler else plain).strip(" -–—.,;:")
     if not _LETTER.search(rest) or _CREDIT.match(rest):
         return "boilerplate"
     if _SOURCE_HEAD.match(text):
         return "reviews"
     # review_share(text) would _prep the text again, which changes nothing without a "&" (no entity
     # left to decode, glued sentences split already): then the boilerplate found above serves
-    share = _review_share(text, boiler, plain) if "&" not in text else review_share(text)
+    share = (_review_share(text, boiler, plain, REVIEWS_SHARE) if "&" not in text
+             else _raw_review_share(text, REVIEWS_SHARE))
     if share >= REVIEWS_SHARE:
         return "reviews"
-    sentences = _sentences(rest)
     # a publisher's self-description; "Formerly publisher of X, Y is a leading expert" is a bio.
-    # The case-blind pattern tries every offset: only in sentences that can hold it (most texts none)
-    if _may_publish(rest):
-        publisher = [bool(_may_publish(s) and _PUBLISHER.search(s) and not _BIO_CUE.search(s)) for s in sentences]
+    # The case-blind pattern tries every offset: only in sentences that can hold it (most texts none).
+    # A sentence is a piece of rest between white space (or its ends), where \b sees what it sees in
+    # rest: a match in a sentence is one in rest, so without one in rest no sentence has one
+    sentences = None
+    if _publishes(rest):
+        sentences = _sentences(rest)
+        publisher = [_publishes(s) and not _BIO_CUE.search(s) for s in sentences]
         if _share(sentences, publisher) >= BOILERPLATE_SHARE:
             return "boilerplate"
+    if sentences is None and not _may_be_bio(rest):
+        return "product"  # most products: settled by their first sentence, the others never split
+    if sentences is None:
+        sentences = _sentences(rest)
     flags = _bio_flags(sentences)
     if flags and flags[0] and _share(sentences, flags) >= BIO_SHARE:
         return "author_bio"
