@@ -130,7 +130,7 @@ def summarize(rows: Sequence[dict], collapse: bool = True) -> dict[str, Any]:
     }
     if any("variant" in r for r in rows):  # evaluate --rerank: how often each decoding was kept
         kept = [int(r.get("variant", 0)) for r in rows]
-        out["rerank_kept"] = [kept.count(v) for v in range(max(kept) + 1)]
+        out["rerank_kept"] = [kept.count(v) for v in range(max(int(r.get("variants", 1)) for r in rows))]
     if collapse:
         out.update(diversity.collapse_summary(hyps))
     return out

@@ -483,7 +483,7 @@ def _variants(cfg: EvalConfig) -> list[EvalConfig]:
 def _model_rows(cfg: EvalConfig, ctx: dict, split: str, system: str, items: list[dict],
                 contexts: dict[str, list[dict]] | None, log: Callable[[str], None]) -> tuple[list[dict], int]:
     """One model system's rows (generated or cached) and the generations made; with ``rerank``, the
-    consensus answer of the variants per item (``variant`` = its index, ``seconds`` = all of them)."""
+    consensus answer of the variants per item (``variant`` = its index of ``variants``, ``seconds`` = all of them)."""
     gen, variants = ctx["gen"], _variants(cfg)
     runs, generated = [], 0
     for i, vcfg in enumerate(variants):
@@ -502,7 +502,7 @@ def _model_rows(cfg: EvalConfig, ctx: dict, split: str, system: str, items: list
     chosen = []
     for i, v in enumerate(picks):
         row = dict(runs[v][i])
-        row.update(variant=v, seconds=sum(rows[i]["seconds"] for rows in runs),
+        row.update(variant=v, variants=len(runs), seconds=sum(rows[i]["seconds"] for rows in runs),
                    nll_sum=runs[0][i]["nll_sum"], n_tokens=runs[0][i]["n_tokens"])
         chosen.append(row)
     return chosen, generated
