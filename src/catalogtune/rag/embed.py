@@ -277,12 +277,18 @@ def _session(model: str | bytes) -> Any:
     return ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
 
 
-@functools.lru_cache(maxsize=1)
-def _load_onnx() -> tuple[Any, Any]:
+def _fp32_export() -> tuple[Path, Path]:
+    """(packaged MiniLM folder, its float32 ONNX export), exporting it on first use."""
     model_dir = _minilm_dir()
     path = onnx_path(model_dir)
     if not path.is_file():
         export_minilm_onnx(model_dir, path)
+    return model_dir, path
+
+
+@functools.lru_cache(maxsize=1)
+def _load_onnx() -> tuple[Any, Any]:
+    model_dir, path = _fp32_export()
     return _session(str(path)), _tokenizer(model_dir)
 
 
@@ -356,10 +362,7 @@ def _int8_check(fp32: Path, tok: Any) -> Any:
 def _load_onnx_int8() -> tuple[Any, Any]:
     from catalogtune.rag import quantize
 
-    model_dir = _minilm_dir()
-    fp32 = onnx_path(model_dir)
-    if not fp32.is_file():
-        export_minilm_onnx(model_dir, fp32)
+    model_dir, fp32 = _fp32_export()
     tok = _tokenizer(model_dir)
     path = quantize.cached_int8(fp32, _int8_check(fp32, tok))
     return _session(str(path)), tok
