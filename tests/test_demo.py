@@ -124,3 +124,13 @@ def test_total_budget_is_shared_by_the_stages_and_a_rerun_skips_them(tmp_path, s
     assert sorted(again.skipped) == sorted(res.timings)
     with pytest.raises(ValueError, match="budget must look like"):
         DemoConfig(data=sample_path, budget="fast")
+
+
+def test_the_index_embeds_with_the_faster_embedder_of_the_same_space():
+    from catalogtune import demo
+    from catalogtune.rag import embed
+
+    assert demo.index_embedder("minilm") == "minilm-onnx" and demo.index_embedder("hash") == "hash"
+    for name, fast in demo.INDEX_EMBEDDERS.items():  # interchangeable vectors: same space, same size
+        a, b = embed.get_embedder(name), embed.get_embedder(fast)
+        assert (a.space, a.dim) == (b.space, b.dim)
