@@ -344,11 +344,11 @@ INT8_PROBE_COSINE = 0.95
 (measured 0.97-0.99 on real catalogue texts: a lower one means a broken quantization)."""
 
 
-def _int8_check(fp32: Path, tok: Any) -> Any:
-    """``check(model_bytes)`` for ``quantize``: the probes' lowest cosine, int8 against float32."""
+def _int8_check(tok: Any) -> Any:
+    """``check(model_bytes)`` for ``quantize``: the probes' lowest cosine, int8 against the float32 export."""
     def check(data: bytes) -> float:
         ids, mask = _pad(tok.encode_batch(_PROBES))
-        want = _mean_pool(_session(str(fp32)).run(None, {"input_ids": ids, "attention_mask": mask})[0], mask)
+        want = _mean_pool(_load_onnx()[0].run(None, {"input_ids": ids, "attention_mask": mask})[0], mask)
         got = _mean_pool(_session(data).run(None, {"input_ids": ids, "attention_mask": mask})[0], mask)
         cos = float((want * got).sum(axis=1).min())
         if not cos > INT8_PROBE_COSINE:
@@ -364,7 +364,7 @@ def _load_onnx_int8() -> tuple[Any, Any]:
 
     model_dir, fp32 = _fp32_export()
     tok = _tokenizer(model_dir)
-    path = quantize.cached_int8(fp32, _int8_check(fp32, tok))
+    path = quantize.cached_int8(fp32, _int8_check(tok))
     return _session(str(path)), tok
 
 

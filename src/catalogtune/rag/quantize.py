@@ -27,11 +27,8 @@ rename ``OnnxInt8MiniLMEmbedder.space`` with them, so old indexes refuse the new
 
 def file_digest(path: Path) -> str:
     """sha256 of a file's bytes (hex)."""
-    h = hashlib.sha256()
     with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 def int8_path(fp32: Path, settings: dict = SETTINGS) -> Path:
