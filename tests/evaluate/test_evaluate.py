@@ -164,6 +164,34 @@ def test_killed_run_resumes_and_matches_an_uninterrupted_one(tmp_path, data_dir,
                {s: {k: v for k, v in m.items() if k != "gen_seconds"} for s, m in want.items()}
 
 
+def test_the_report_says_where_the_evaluation_time_went(tmp_path, data_dir, monkeypatch):
+    import time
+
+    class Timed(FakeGenerator):  # generating costs 50 ms a call, scoring 20 ms
+        def generate(self, prompts, *a, **kw):
+            time.sleep(0.05)
+            return super().generate(prompts, *a, **kw)
+
+        def score(self, prompts, completions, *a, **kw):
+            time.sleep(0.02)
+            return super().score(prompts, completions, *a, **kw)
+
+    monkeypatch.setattr(evaluate, "CHUNK_BATCHES", 1)
+    _patch(monkeypatch, Timed())
+    lines: list[str] = []
+    res = evaluate.run(_cfg(tmp_path, data_dir), log=lines.append)
+    sec = res.report["plan"]["seconds"]
+    assert list(sec) == list(evaluate.PHASES)
+    calls = 2 * (3 + 2)  # 2 systems x (6 test + 4 seen records in batches of 2)
+    assert sec["generate"] >= calls * 0.05 and sec["likelihood"] >= calls * 0.02
+    assert sec["likelihood"] < sec["generate"] and sec["metrics"] > 0
+    assert sum(sec.values()) <= res.wall_s  # the reports are written after the count
+    assert any(m.startswith("evaluate: ") and " = generate " in m for m in lines)
+    # a re-run from the caches generates nothing and says so
+    again = evaluate.run(_cfg(tmp_path, data_dir), log=lambda m: None).report["plan"]["seconds"]
+    assert again["generate"] == again["likelihood"] == 0
+
+
 def test_generate_gets_chunks_of_several_batches(tmp_path, data_dir, monkeypatch):
     """Continuous batching needs waiting prompts: each generate call gets CHUNK_BATCHES batches."""
     gen = FakeGenerator()

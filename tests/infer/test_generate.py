@@ -297,3 +297,29 @@ def test_bf16_generation_copy_equals_autocast_over_fp32_weights(run_dir, prompts
     b = slow.generate(prompts[:4], **kw)
     assert not slow._bf16_nets
     assert [o.token_ids for o in a] == [o.token_ids for o in b]
+
+
+def test_fp32_packed_scoring_layers_agree_and_are_restored(gen, prompts):
+    import torch
+
+    net = gen.model
+    ids = torch.tensor([gen.encode(prompts[2])])
+    with torch.inference_mode():
+        plain = net(input_ids=ids).logits
+        with G.fp32_packed(net) as packed_net:
+            patched = [m for m in packed_net.modules() if "forward" in m.__dict__]
+            packed = packed_net(input_ids=ids).logits
+    if torch.backends.mkldnn.is_available():
+        assert patched and all(isinstance(m, torch.nn.Linear) for m in patched)
+    assert torch.allclose(plain, packed, atol=1e-4, rtol=1e-4)
+    # outside the block every layer runs its own forward again, with no packed copy left behind
+    assert not [m for m in net.modules() if "forward" in m.__dict__ or hasattr(m, "_pw32")]
+
+
+def test_scores_come_back_in_input_order_whatever_the_length_sort(gen, prompts):
+    descs = ["A much longer description of a kitchen set, with three pans and a lid. " * 4, "Tutu.", "",
+             "A mid-length line about a music album for kids."]
+    together = gen.score(prompts[:4], descs, batch_size=2)
+    alone = [gen.score([p], [d])[0] for p, d in zip(prompts[:4], descs)]
+    assert [n for _, n in together] == [n for _, n in alone]
+    assert all(abs(a[0] - b[0]) < 1e-3 for a, b in zip(together, alone))

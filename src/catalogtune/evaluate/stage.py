@@ -321,6 +321,17 @@ def _minutes(seconds: float) -> str:
     return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
 
 
+PHASES = ("generate", "likelihood", "metrics", "other")
+"""Where an evaluation's wall time goes (``report["plan"]["seconds"]``): generating the answers,
+scoring the references' likelihood, the sample metrics (embeddings, claims, bootstrap), the rest
+(loading the models, retrieval); writing the reports comes after the count."""
+
+
+def phases_text(seconds: dict[str, float], total: float) -> str:
+    """One line: an evaluation's wall time and each phase's part of it (sets ``seconds["other"]``)."""
+    seconds["other"] = max(0.0, total - sum(v for k, v in seconds.items() if k != "other"))
+    return f"evaluate: {total:.0f} s = " + ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items())
+
 BUDGET_FILE = "budget.json"
 """What a budgeted evaluation decided (budget, records kept), so that a re-run resumes the same records."""
 BUDGET_MARGIN = 0.85
@@ -368,11 +379,13 @@ def fit_budget(cfg: EvalConfig, ctx: dict, splits: dict[str, list[dict]], system
                 contexts = (retrieve(ctx["index"], items, cfg.k, exclude_self=name == "seen")
                             if s.endswith("+rag") else None)
                 run_system(ctx["gen"], _cache_path(cfg, ctx["gen"], ctx["model_id"], ctx["adapter"], name, s),
-                           items, contexts, s.startswith("finetuned"), cfg, log, score=name != "probes")
+                           items, contexts, s.startswith("finetuned"), cfg, log, score=name != "probes",
+                           seconds=ctx["seconds"])
         contexts = retrieve(ctx["index"], first, cfg.k, exclude_self=False) if s.endswith("+rag") else None
         cache = _cache_path(cfg, ctx["gen"], ctx["model_id"], ctx["adapter"], "test", s)
         t = time.perf_counter()
-        _, made = run_system(ctx["gen"], cache, first, contexts, s.startswith("finetuned"), cfg, log)
+        _, made = run_system(ctx["gen"], cache, first, contexts, s.startswith("finetuned"), cfg, log,
+                             seconds=ctx["seconds"])
         # a probe answered from the cache measured nothing: charge it like the slowest measured one
         rates[s] = (time.perf_counter() - t) / len(first) if made else None
     measured = [r for r in rates.values() if r is not None]
@@ -415,12 +428,13 @@ def _plan(cfg: EvalConfig, ctx: dict, splits: dict[str, list[dict]], systems: li
 def run_system(
     gen: Any, cache: Path, items: list[dict], contexts: dict[str, list[dict]] | None,
     use_adapter: bool, cfg: EvalConfig, log: Callable[[str], None], score: bool = True,
-    plan: Plan | None = None,
+    plan: Plan | None = None, seconds: dict[str, float] | None = None,
 ) -> tuple[list[dict], int]:
     """Generate and score ``items`` for one system, resuming from ``cache``; (rows, generated).
 
     ``score=False`` (probe titles, which have no reference) skips the likelihood. ``plan`` gets
-    the first batch's timing and counts what is done.
+    the first batch's timing and counts what is done; ``seconds`` (``PHASES``) gets the wall time
+    of generating and of scoring.
     """
     done = read_cache(cache)
 
@@ -438,14 +452,19 @@ def run_system(
         batch = todo[start : start + step]
         ctx = [contexts[it["id"]] if contexts is not None else None for it in batch]
         prompts = [gen.prompt(it["title"], context=c) for it, c in zip(batch, ctx)]
+        t_gen = time.perf_counter()
         gens = gen.generate(prompts, max_new_tokens=cfg.max_new_tokens, do_sample=False,
                             repetition_penalty=cfg.repetition_penalty,
                             no_repeat_ngram_size=cfg.no_repeat_ngram_size, penalty_scope=cfg.penalty_scope,
                             use_adapter=use_adapter, batch_size=cfg.batch_size,
                             **({"ground_penalty": cfg.ground_penalty} if cfg.ground_penalty else {}),
                             **({"guidance": cfg.guidance} if cfg.guidance else {}))  # negatives: gen.negatives_for
+        t_score = time.perf_counter()
         scores = (gen.score(prompts, [it["content"] for it in batch], use_adapter=use_adapter, batch_size=cfg.batch_size)
                   if score else [(None, None)] * len(batch))
+        if seconds is not None:
+            seconds["generate"] += t_score - t_gen
+            seconds["likelihood"] += time.perf_counter() - t_score
         recs = []
         for it, c, g, (nll, ntok) in zip(batch, ctx, gens, scores):
             stopped = g.stopped_at_eos if hasattr(g, "stopped_at_eos") else g.stopped == "eos"
@@ -491,7 +510,7 @@ def _model_rows(cfg: EvalConfig, ctx: dict, split: str, system: str, items: list
         # the reference's likelihood does not depend on the decoding: scored once, with the first
         rows, n_new = run_system(gen, cache, items, contexts if system.endswith("+rag") else None,
                                  system.startswith("finetuned"), vcfg, log, score=split != "probes" and i == 0,
-                                 plan=ctx.get("plan"))
+                                 plan=ctx.get("plan"), seconds=ctx.get("seconds"))
         runs.append(rows)
         generated += n_new
     if len(runs) == 1:
@@ -568,15 +587,19 @@ def _evaluate_split(cfg: EvalConfig, split: str, items: list[dict], systems: lis
         else:
             rows, n_new = _model_rows(cfg, ctx, split, s, items, contexts, log)
             generated += n_new
+        t = time.perf_counter()
         if split == "probes":
             eval_report.add_probe_metrics(rows, support)
         else:
             eval_report.add_sample_metrics(rows, ctx["embed"], ctx["token_embed"], support)
+        ctx["seconds"]["metrics"] += time.perf_counter() - t
         by_system[s] = rows
     if split == "probes":
         part = {"systems": {s: eval_report.summarize_probes(r) for s, r in by_system.items()}, "n_items": len(items)}
         return part, by_system, contexts, generated
+    t = time.perf_counter()
     comparisons = compare.all_comparisons(by_system, cfg.bootstrap, cfg.seed) if cfg.bootstrap and len(items) > 1 else []
+    ctx["seconds"]["metrics"] += time.perf_counter() - t
     summaries = {s: eval_report.summarize(r) for s, r in by_system.items()}
     part = {"systems": summaries, "breakdowns": eval_report.breakdowns(by_system), "n_items": len(items),
             "collapse": eval_report.collapse_table(summaries, [it["content"] for it in items]),
@@ -613,7 +636,7 @@ def _run_locked(cfg: EvalConfig, log: Callable[[str], None], t0: float, out: Pat
     systems, skipped = _select_systems(cfg, adapter, index)
     embed, token_embed = embedders(cfg.embedder)
     ctx = {"gen": gen, "model_id": model_id, "adapter": adapter, "index": index, "embed": embed,
-           "token_embed": token_embed}
+           "token_embed": token_embed, "seconds": {k: 0.0 for k in PHASES}}
     fit = fit_budget(cfg, ctx, splits, systems, t0, log) if cfg.budget is not None else None
     ctx["plan"] = plan = _plan(cfg, ctx, splits, systems, log)
     if fit is not None:
@@ -630,6 +653,8 @@ def _run_locked(cfg: EvalConfig, log: Callable[[str], None], t0: float, out: Pat
             report["samples"] = report["records"]["test"][: cfg.samples]
         else:
             report[split] = part
+    log(phases_text(ctx["seconds"], time.perf_counter() - t0))
+    plan.info["seconds"] = {k: round(v, 1) for k, v in ctx["seconds"].items()}
     report.update(
         test_source=test_source, model=model_id, adapter=adapter, skipped=skipped, plan=plan.info,
         config=config.to_dict(cfg), notes=_notes(cfg, skipped, model_id, test_source),

@@ -522,9 +522,15 @@ class Generator:
             if not p_ids:
                 raise CatalogtuneError(f"prompt {i} is empty")
             pairs.append((p_ids, c_ids[:MAX_SCORE_TOKENS]))
-        out: list[tuple[float, int]] = []
-        for start in range(0, len(pairs), batch_size):
-            out += self._score_batch(pairs[start : start + batch_size], use_adapter)
+        # batches of similar length: a short description padded to a long one's width costs as
+        # much as the long one (the sample's run from a few tokens to MAX_SCORE_TOKENS); each
+        # row's value does not depend on its batch mates (fp32), only the time does
+        order = sorted(range(len(pairs)), key=lambda i: len(pairs[i][0]) + len(pairs[i][1]))
+        out: list[tuple[float, int]] = [(0.0, 0)] * len(pairs)
+        for start in range(0, len(order), batch_size):
+            rows = order[start : start + batch_size]
+            for i, res in zip(rows, self._score_batch([pairs[i] for i in rows], use_adapter)):
+                out[i] = res
         return out
 
     def _score_batch(self, pairs: list[tuple[list[int], list[int]]], use_adapter: bool) -> list[tuple[float, int]]:
@@ -539,7 +545,7 @@ class Generator:
             mask[r, width - len(s):] = 1
         pos = (mask.cumsum(-1) - 1).clamp(min=0)  # positions start at 0 on each row's first real token
         keep = max(len(c) for _, c in pairs) + 1  # logits only where completions are predicted
-        with torch.inference_mode(), self._adapter(use_adapter) as net:
+        with torch.inference_mode(), self._adapter(use_adapter) as net, fp32_packed(net):
             logits = net(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
                                 position_ids=pos.to(self.device), logits_to_keep=keep).logits
         res = []
@@ -589,6 +595,50 @@ def _packed_forward(self: Any, x: Any) -> Any:
     from catalogtune.train.cpu_kernels import packed_linear
 
     return packed_linear(x if x.dtype == torch.bfloat16 else x.to(torch.bfloat16), self._packed_weight, self.bias)
+
+
+@contextlib.contextmanager
+def fp32_packed(net: Any) -> Iterator[Any]:
+    """Within: every float32 CPU ``nn.Linear`` of ``net`` multiplies with a copy of its weight in
+    oneDNN's blocked layout (``mkldnn._linear_pointwise``, as ``_bf16_linears`` does in bf16).
+
+    Still float32, the same values to rounding (the likelihoods agree to ~1e-6 per token): oneDNN's
+    fp32 kernels ran 1.4-1.8x the speed of ``F.linear`` (MKL) on smollm2-135m's scoring shapes on
+    the AMD EPYC here (2 threads). The copies live only inside the block (packing the whole
+    135M model takes a fraction of a second; scoring a batch takes seconds), so the weights never
+    go stale and the memory comes back. A build without these ops runs the layers as they are.
+    """
+    import types
+
+    import torch
+
+    patched = []
+    if torch.backends.mkldnn.is_available():
+        for m in net.modules():
+            w = getattr(m, "weight", None)
+            if (type(m) is not torch.nn.Linear or "forward" in m.__dict__ or type(w) is not torch.nn.Parameter
+                    or w.device.type != "cpu" or w.dtype != torch.float32):
+                continue
+            try:
+                m._pw32 = torch.ops.mkldnn._reorder_linear_weight(w.detach().contiguous(), None)
+            except (RuntimeError, AttributeError):  # a build without inductor's oneDNN ops
+                break
+            m.forward = types.MethodType(_fp32_packed_forward, m)
+            patched.append(m)
+    try:
+        yield net
+    finally:
+        for m in patched:
+            del m.forward, m._pw32
+
+
+def _fp32_packed_forward(self: Any, x: Any) -> Any:
+    """``nn.Linear.forward`` on the layer's packed float32 weight (``fp32_packed``); other dtypes as usual."""
+    import torch
+
+    if x.dtype != torch.float32:
+        return torch.nn.functional.linear(x, self.weight, self.bias)
+    return torch.ops.mkldnn._linear_pointwise(x, self._pw32, self.bias, "none", [], "")
 
 
 def base_model_of(run: Path) -> str:
