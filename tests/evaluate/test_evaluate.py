@@ -459,3 +459,35 @@ def test_rerank_keeps_the_consensus_answer_of_every_decoding_and_a_rerun_reuses_
     assert again.generated == 0 and rep2["systems"]["finetuned"] == rep["systems"]["finetuned"]
     with pytest.raises(ValueError, match="--budget and --rerank"):
         _cfg(tmp_path, data_dir, rerank=True, budget="10m")
+
+
+def test_memo_embeds_each_distinct_text_once_and_keeps_the_values():
+    import numpy as np
+
+    calls: list[list[str]] = []
+
+    def vecs(texts):
+        calls.append(list(texts))
+        return np.array([[len(t), t.count("a")] for t in texts], dtype=np.float32)
+
+    def toks(texts):
+        calls.append(list(texts))
+        return [np.full((len(t.split()), 2), len(t), dtype=np.float32) for t in texts]
+
+    for fn in (vecs, toks):
+        calls.clear()
+        memo = evaluate.memo_texts(fn)
+        a = memo(["a ref", "banana", "a ref"])
+        b = memo(["banana", "new output", "a ref"])
+        assert calls == [["a ref", "banana"], ["new output"]]  # each text computed once
+        for got, texts in ((a, ["a ref", "banana", "a ref"]), (b, ["banana", "new output", "a ref"])):
+            want = fn(texts)
+            assert type(got) is type(want) and all(np.array_equal(x, y) for x, y in zip(got, want))
+    # past its byte cap the memo starts over instead of growing
+    calls.clear()
+    small = evaluate.memo_texts(vecs, max_bytes=16)
+    small(["aa", "bb"])  # 2 rows x 8 bytes: full
+    small(["cc"])  # over the cap: "aa" and "bb" are dropped
+    small(["aa"])
+    assert calls == [["aa", "bb"], ["cc"], ["aa"]]
+    assert len(small([])) == 0

@@ -189,16 +189,22 @@ def minilm_token_embedder(model_path: str | Path | None = None, batch_size: int 
     model = AutoModel.from_pretrained(str(model_path)).eval()
 
     def embed(texts: list[str]) -> list[np.ndarray]:
-        out: list[np.ndarray] = []
-        for i in range(0, len(texts), batch_size):
-            chunk = [t or "" for t in texts[i : i + batch_size]]
-            enc = tok(chunk, padding=True, truncation=True, max_length=256, return_tensors="pt",
-                      return_special_tokens_mask=True)
-            special = enc.pop("special_tokens_mask").bool()
-            with torch.no_grad():
+        from catalogtune.core.kernels import fp32_packed
+
+        texts = [t or "" for t in texts]
+        # batches of similar length (a short output padded to a long reference costs as much as it)
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        out: list[np.ndarray] = [np.zeros((0, 0), dtype=np.float32)] * len(texts)
+        with torch.inference_mode(), fp32_packed(model):
+            for i in range(0, len(order), batch_size):
+                rows = order[i : i + batch_size]
+                enc = tok([texts[r] for r in rows], padding=True, truncation=True, max_length=256,
+                          return_tensors="pt", return_special_tokens_mask=True)
+                special = enc.pop("special_tokens_mask").bool()
                 hidden = model(**enc).last_hidden_state
-            keep = enc["attention_mask"].bool() & ~special
-            out += [hidden[j][keep[j]].numpy() for j in range(len(chunk))]
+                keep = enc["attention_mask"].bool() & ~special
+                for j, r in enumerate(rows):
+                    out[r] = hidden[j][keep[j]].numpy()
         return out
 
     return embed

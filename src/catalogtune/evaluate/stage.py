@@ -27,6 +27,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
+
 from catalogtune.core import config
 from catalogtune.core.util import CatalogtuneError, atomic_write_json, read_json, torch_threads
 from catalogtune.evaluate import compare, probes
@@ -538,6 +540,43 @@ def embedders(name: str) -> tuple[Callable, Any]:
     return emb.embed, metrics.word_token_embedder(emb.embed)
 
 
+MEMO_BYTES = 512 * 2**20
+"""Most bytes of embeddings one ``memo_texts`` keeps (past it, it starts over)."""
+
+
+def memo_texts(fn: Callable[[list[str]], Any], max_bytes: int = MEMO_BYTES) -> Callable[[list[str]], Any]:
+    """``fn`` (texts -> an array with a row per text, or a list of arrays) computing each distinct
+    text once.
+
+    Every system of an evaluation is scored against the same references (and the baselines repeat
+    titles and training descriptions): without it MiniLM embedded each reference once per system,
+    twice over (sentence vector, BERTScore tokens). A text's embedding does not depend on the
+    texts embedded beside it (to float32 rounding), so the metrics stay the same.
+    """
+    cache: dict[str, Any] = {}
+    state: dict[str, Any] = {"bytes": 0, "stack": None}
+
+    def run(texts: list[str]) -> Any:
+        if not texts:
+            return fn(texts)
+        todo = list(dict.fromkeys(t for t in texts if t not in cache))
+        fresh: dict[str, Any] = {}
+        if todo:
+            got = fn(todo)
+            state["stack"] = isinstance(got, np.ndarray)
+            fresh = dict(zip(todo, got))
+        vals = [fresh[t] if t in fresh else cache[t] for t in texts]
+        nbytes = sum(np.asarray(v).nbytes for v in fresh.values())
+        if state["bytes"] + nbytes > max_bytes:
+            cache.clear()
+            state["bytes"] = 0
+        cache.update(fresh)
+        state["bytes"] += nbytes
+        return np.stack(vals) if state["stack"] else vals
+
+    return run
+
+
 def _log(msg: str) -> None:
     print(msg, flush=True)  # progress shows at once even when stdout is a file
 
@@ -634,7 +673,7 @@ def _run_locked(cfg: EvalConfig, log: Callable[[str], None], t0: float, out: Pat
                 splits: dict[str, list[dict]], test_source: str) -> EvalResult:
     gen, model_id, adapter = _open_generator(cfg)
     systems, skipped = _select_systems(cfg, adapter, index)
-    embed, token_embed = embedders(cfg.embedder)
+    embed, token_embed = (memo_texts(f) for f in embedders(cfg.embedder))
     ctx = {"gen": gen, "model_id": model_id, "adapter": adapter, "index": index, "embed": embed,
            "token_embed": token_embed, "seconds": {k: 0.0 for k in PHASES}}
     fit = fit_budget(cfg, ctx, splits, systems, t0, log) if cfg.budget is not None else None

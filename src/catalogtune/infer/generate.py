@@ -20,6 +20,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 from catalogtune.core import prompt as prompt_mod
 from catalogtune.core.decoding import DECODING, PENALTY_SCOPES, Decoding, output_rules  # noqa: F401  (re-exported)
+from catalogtune.core.kernels import fp32_packed  # noqa: F401  (re-exported)
 from catalogtune.core.util import CatalogtuneError, auto_threads  # noqa: F401  (re-exported)
 
 MAX_NEW_TOKENS = 1024
@@ -595,50 +596,6 @@ def _packed_forward(self: Any, x: Any) -> Any:
     from catalogtune.train.cpu_kernels import packed_linear
 
     return packed_linear(x if x.dtype == torch.bfloat16 else x.to(torch.bfloat16), self._packed_weight, self.bias)
-
-
-@contextlib.contextmanager
-def fp32_packed(net: Any) -> Iterator[Any]:
-    """Within: every float32 CPU ``nn.Linear`` of ``net`` multiplies with a copy of its weight in
-    oneDNN's blocked layout (``mkldnn._linear_pointwise``, as ``_bf16_linears`` does in bf16).
-
-    Still float32, the same values to rounding (the likelihoods agree to ~1e-6 per token): oneDNN's
-    fp32 kernels ran 1.4-1.8x the speed of ``F.linear`` (MKL) on smollm2-135m's scoring shapes on
-    the AMD EPYC here (2 threads). The copies live only inside the block (packing the whole
-    135M model takes a fraction of a second; scoring a batch takes seconds), so the weights never
-    go stale and the memory comes back. A build without these ops runs the layers as they are.
-    """
-    import types
-
-    import torch
-
-    patched = []
-    if torch.backends.mkldnn.is_available():
-        for m in net.modules():
-            w = getattr(m, "weight", None)
-            if (type(m) is not torch.nn.Linear or "forward" in m.__dict__ or type(w) is not torch.nn.Parameter
-                    or w.device.type != "cpu" or w.dtype != torch.float32):
-                continue
-            try:
-                m._pw32 = torch.ops.mkldnn._reorder_linear_weight(w.detach().contiguous(), None)
-            except (RuntimeError, AttributeError):  # a build without inductor's oneDNN ops
-                break
-            m.forward = types.MethodType(_fp32_packed_forward, m)
-            patched.append(m)
-    try:
-        yield net
-    finally:
-        for m in patched:
-            del m.forward, m._pw32
-
-
-def _fp32_packed_forward(self: Any, x: Any) -> Any:
-    """``nn.Linear.forward`` on the layer's packed float32 weight (``fp32_packed``); other dtypes as usual."""
-    import torch
-
-    if x.dtype != torch.float32:
-        return torch.nn.functional.linear(x, self.weight, self.bias)
-    return torch.ops.mkldnn._linear_pointwise(x, self._pw32, self.bias, "none", [], "")
 
 
 def base_model_of(run: Path) -> str:

@@ -130,13 +130,16 @@ class MiniLMEmbedder:
         texts = _check_texts(texts)
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
-        vecs = self.model.encode(
-            texts,
-            batch_size=batch_size,
-            normalize_embeddings=True,
-            convert_to_numpy=True,
-            show_progress_bar=False,
-        )
+        from catalogtune.core.kernels import fp32_packed
+
+        with fp32_packed(self.model):  # oneDNN's fp32 kernels: the same vectors, faster on CPU
+            vecs = self.model.encode(
+                texts,
+                batch_size=batch_size,
+                normalize_embeddings=True,
+                convert_to_numpy=True,
+                show_progress_bar=False,
+            )
         return _normalise(vecs)
 
 
