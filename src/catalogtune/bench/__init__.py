@@ -15,6 +15,7 @@ BENCHES: dict[str, tuple[str, str]] = {
     "prepare": ("catalogtune.bench.prepare", "prepare on synthetic trn.json.gz vs a pandas baseline"),
     "train": ("catalogtune.bench.train", "LoRA training tokens/s vs TRL SFTTrainer and a bf16 matmul ceiling"),
     "generate": ("catalogtune.bench.generate", "batched generation vs one prompt at a time"),
+    "score": ("catalogtune.bench.score", "the references' likelihood as evaluate scores it vs the plain path, float32 ceiling"),
     "engines": ("catalogtune.bench.engines", "generation engines: the project Generator vs CTranslate2 (float32/int8), same prompts"),
     "describe": ("catalogtune.bench.describe", "describe: chunked batched products/s vs one title at a time, 858k projection"),
     "index": ("catalogtune.bench.index", "index build: embedding and storing records/s vs SentenceTransformer defaults, 1.39M projection"),
