@@ -26,7 +26,7 @@ from typing import Any, Iterable, Sequence
 
 
 def matmul_ceiling(n: int = 2048, reps: int = 5, trials: int = 5, dtype: str = "bfloat16",
-                   device: str = "cpu") -> tuple[float, float]:
+                   device: str = "cpu", packed: bool = False) -> tuple[float, float]:
     """(TFLOP/s of wall time, TFLOP per process CPU-second) of (n x n) @ (n x n) matmuls.
 
     Uses all cores (``torch.set_num_threads(os.cpu_count())``); of ``trials`` timings of
@@ -34,6 +34,9 @@ def matmul_ceiling(n: int = 2048, reps: int = 5, trials: int = 5, dtype: str = "
     trials slowed by other jobs on shared cores as long as most are not. The per-CPU-second figure is the same work over this process's CPU time, for
     comparing with training runs measured the same way on busy cores. On ``device="cuda"`` the
     GPU's queue is drained before each clock reading (use n >= 8192 to fill a large GPU).
+    ``packed`` (CPU): the product runs on oneDNN's packed weight (``mkldnn._linear_pointwise``, the
+    kernel of ``core.kernels.fp32_packed`` and of generation's bf16 copy) instead of ``torch.mm``;
+    (0.0, 0.0) on a build without those ops.
     """
     import torch
 
@@ -45,13 +48,20 @@ def matmul_ceiling(n: int = 2048, reps: int = 5, trials: int = 5, dtype: str = "
     a = torch.randn(n, n, generator=gen).to(device=device, dtype=dt)
     b = torch.randn(n, n, generator=gen).to(device=device, dtype=dt)
     sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
-    a @ b  # warm-up: oneDNN (cuBLAS) picks and caches its kernel on the first call
+    product = lambda: a @ b  # noqa: E731
+    if packed:
+        try:
+            w = torch.ops.mkldnn._reorder_linear_weight(b.t().contiguous(), None)
+            product = lambda: torch.ops.mkldnn._linear_pointwise(a, w, None, "none", [], "")  # noqa: E731
+        except (RuntimeError, AttributeError):  # a build without these (inductor's) oneDNN ops
+            return 0.0, 0.0
+    product()  # warm-up: oneDNN (cuBLAS) picks and caches its kernel on the first call
     sync()
     walls, cpus = [], []
     for _ in range(trials):
         t0, c0 = time.perf_counter(), time.process_time()
         for _ in range(reps):
-            a @ b
+            product()
         sync()
         walls.append(time.perf_counter() - t0)
         cpus.append(time.process_time() - c0)

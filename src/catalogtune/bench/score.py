@@ -65,12 +65,9 @@ def _anchor_score(gen: Any, prompts: list[str], refs: list[str], batch_size: int
     (the (NLL, tokens) per pair, the (prompt ids, description ids) pairs)."""
     import contextlib
 
-    from catalogtune.core import prompt as prompt_mod
     from catalogtune.infer import generate as G
 
-    pairs = [(gen.encode(p)[-G.MAX_PROMPT_TOKENS:],
-              list(gen.tok(prompt_mod.completion_text(gen.tok, c), add_special_tokens=False)["input_ids"])[:G.MAX_SCORE_TOKENS])
-             for p, c in zip(prompts, refs)]
+    pairs = gen.score_pairs(prompts, refs)
     out: list[tuple[float, int]] = []
     with mock.patch.object(G, "fp32_packed", lambda net: contextlib.nullcontext(net)):
         for start in range(0, len(pairs), batch_size):
@@ -105,7 +102,8 @@ def run(cfg: BenchScoreConfig) -> dict[str, Any]:
             runs["anchor"].append({"wall_s": wall_a, "cpu_s": cpu_a})
             runs["ours"].append({"wall_s": wall_o, "cpu_s": cpu_o})
         # the faster of MKL's GEMM (torch.mm) and oneDNN's packed fp32 kernel, ours' own
-        tflops_wall = max(matmul_ceiling(n=1024, dtype="float32")[0], _packed_fp32_ceiling(1024))
+        tflops_wall = max(matmul_ceiling(n=1024, dtype="float32")[0],
+                          matmul_ceiling(n=1024, dtype="float32", packed=True)[0])
     scored = sum(n for _, n in ours)
     diff = max(abs(a[0] - b[0]) / max(1, b[1]) for a, b in zip(anchor, ours))
     decoder, head = _params(gen.model)
@@ -127,29 +125,6 @@ def run(cfg: BenchScoreConfig) -> dict[str, Any]:
         "ceiling_fraction": round(limit_s / best["ours"], 3),
         "runs": runs,
     }
-
-
-def _packed_fp32_ceiling(n: int, reps: int = 5, trials: int = 5) -> float:
-    """TFLOP/s of (n x n) x (n x n) float32 products on oneDNN's packed weights (median trial)."""
-    import statistics
-
-    import torch
-
-    gen = torch.Generator().manual_seed(0)
-    a, w = torch.randn(n, n, generator=gen), torch.randn(n, n, generator=gen)
-    try:
-        packed = torch.ops.mkldnn._reorder_linear_weight(w, None)
-        run = lambda: torch.ops.mkldnn._linear_pointwise(a, packed, None, "none", [], "")  # noqa: E731
-        run()
-    except (RuntimeError, AttributeError):  # a build without these ops
-        return 0.0
-    walls = []
-    for _ in range(trials):
-        t0 = time.perf_counter()
-        for _ in range(reps):
-            run()
-        walls.append(time.perf_counter() - t0)
-    return 2.0 * n**3 * reps / statistics.median(walls) / 1e12
 
 
 def _params(model: Any) -> tuple[int, int]:

@@ -511,18 +511,8 @@ class Generator:
         The description is scored as ``prompt.completion_text(tok, desc)`` (text + end token), on
         at most ``MAX_SCORE_TOKENS`` tokens; fp32, no autocast, so perplexities stay comparable.
         """
-        prompts = _check_texts("prompts", prompts)
-        completions = _check_texts("completions", completions)
         batch_size = _check_int("batch_size", batch_size, 1)
-        if len(prompts) != len(completions):
-            raise CatalogtuneError(f"{len(prompts)} prompts but {len(completions)} completions")
-        pairs = []
-        for i, (p, c) in enumerate(zip(prompts, completions)):
-            p_ids = self.encode(p)[-MAX_PROMPT_TOKENS:]
-            c_ids = list(self.tok(prompt_mod.completion_text(self.tok, c), add_special_tokens=False)["input_ids"])
-            if not p_ids:
-                raise CatalogtuneError(f"prompt {i} is empty")
-            pairs.append((p_ids, c_ids[:MAX_SCORE_TOKENS]))
+        pairs = self.score_pairs(prompts, completions)
         # batches of similar length: a short description padded to a long one's width costs as
         # much as the long one (the sample's run from a few tokens to MAX_SCORE_TOKENS); each
         # row's value does not depend on its batch mates (fp32), only the time does
@@ -533,6 +523,22 @@ class Generator:
             for i, res in zip(rows, self._score_batch([pairs[i] for i in rows], use_adapter)):
                 out[i] = res
         return out
+
+    def score_pairs(self, prompts: list[str], completions: list[str]) -> list[tuple[list[int], list[int]]]:
+        """The (prompt ids, description ids) that ``score`` scores, checked: the prompt's last
+        ``MAX_PROMPT_TOKENS``, the description as ``completion_text`` cut to ``MAX_SCORE_TOKENS``."""
+        prompts = _check_texts("prompts", prompts)
+        completions = _check_texts("completions", completions)
+        if len(prompts) != len(completions):
+            raise CatalogtuneError(f"{len(prompts)} prompts but {len(completions)} completions")
+        pairs = []
+        for i, (p, c) in enumerate(zip(prompts, completions)):
+            p_ids = self.encode(p)[-MAX_PROMPT_TOKENS:]
+            c_ids = list(self.tok(prompt_mod.completion_text(self.tok, c), add_special_tokens=False)["input_ids"])
+            if not p_ids:
+                raise CatalogtuneError(f"prompt {i} is empty")
+            pairs.append((p_ids, c_ids[:MAX_SCORE_TOKENS]))
+        return pairs
 
     def _score_batch(self, pairs: list[tuple[list[int], list[int]]], use_adapter: bool) -> list[tuple[float, int]]:
         import torch

@@ -134,8 +134,6 @@ class MiniLMEmbedder:
         texts = _check_texts(texts)
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
-        import contextlib
-
         from catalogtune.core.kernels import fp32_packed
 
         # oneDNN's fp32 kernels: the same vectors, faster on CPU for a batch; packing the weights
