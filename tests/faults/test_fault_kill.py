@@ -84,8 +84,8 @@ def test_index_killed_mid_build_then_rerun_equals_uninterrupted(prepared, tmp_pa
 
     def content(path: Path) -> tuple:
         idx = rag.Index.open(path)
-        got = idx.collection.get(include=["embeddings", "documents", "metadatas"])
-        rows = sorted(zip(got["ids"], got["documents"], [m["title"] for m in got["metadatas"]],
+        got = idx.collection.get(include=["embeddings", "metadatas"])
+        rows = sorted(zip(got["ids"], [m["content"] for m in got["metadatas"]], [m["title"] for m in got["metadatas"]],
                           [tuple(round(float(x), 6) for x in e) for e in got["embeddings"]]))
         man = {k: v for k, v in idx.manifest.items() if k not in VOLATILE}
         return man, rows
