@@ -115,6 +115,50 @@ def test_rerun_adds_only_missing_and_resumes_an_interrupted_build(data_dir, tmp_
     assert (again.added, again.skipped, again.total) == (0, 120, 120)
 
 
+def test_the_next_chunk_is_embedded_while_the_last_is_stored(data_dir, tmp_path, monkeypatch):
+    """``_fill`` overlaps embedding and storing: while chunk k is stored, chunk k + 1's embedding
+    starts (a sequential build would only start it after storing returns)."""
+    import time
+
+    real_embed, real_store = HashEmbedder.embed, rag._store
+    embeds, overlapped = [], []
+
+    def embed(self, texts, batch_size=64):
+        embeds.append(len(texts))
+        return real_embed(self, texts, batch_size)
+
+    def store(col, recs, vecs):
+        # store calls: 1 the plan's probe (32 records), then the chunks of 40 (8 of the first are missing)
+        j = len(overlapped) + 1
+        if 2 <= j <= 3:  # a next chunk exists: its embedding (call j + 1) starts meanwhile
+            deadline = time.monotonic() + 5.0
+            while len(embeds) < j + 1 and time.monotonic() < deadline:
+                time.sleep(0.005)
+        overlapped.append(j < 2 or j > 3 or len(embeds) >= j + 1)
+        real_store(col, recs, vecs)
+
+    monkeypatch.setattr(HashEmbedder, "embed", embed)
+    monkeypatch.setattr(rag, "_store", store)
+    res = rag.run(_cfg(data_dir, tmp_path / "idx", chunk=40))
+    assert res.total == 120 and embeds == [32, 8, 40, 40] and all(overlapped), (embeds, overlapped)
+
+
+def test_an_index_whose_descriptions_are_documents_still_answers_with_them(data_dir, tmp_path):
+    """Builds before 2026-12-03 stored each description as a Chroma document, not as metadata."""
+    out = tmp_path / "idx"
+    rag.run(_cfg(data_dir, out))
+    index = rag.Index.open(out)
+    rec = rag.valid_records(rag.read_train(data_dir))[0][7]
+    stored = index.collection.get(ids=[rec["id"]], include=["metadatas", "embeddings"])
+    assert stored["metadatas"][0][rag.CONTENT_KEY] == rec["content"]
+    # rewrite that record the old way: the description as a document, the metadata without it
+    index.collection.delete(ids=[rec["id"]])
+    index.collection.add(ids=[rec["id"]], embeddings=stored["embeddings"], documents=[rec["content"]],
+                         metadatas=[{"title": rec["title"]}])
+    hit = rag.Index.open(out).query([rag.embed_text(rec)], k=1)[0][0]
+    assert (hit["id"], hit["title"], hit["content"]) == (rec["id"], rec["title"], rec["content"])
+
+
 def test_other_data_or_embedder_is_refused_then_rebuild_replaces(data_dir, tmp_path, sample_path):
     out = tmp_path / "idx"
     rag.run(_cfg(data_dir, out))
