@@ -29,10 +29,13 @@ def test_bench_index_prints_both_paths_quality_and_projection(tmp_path, capsys):
     emb = fig["embedding"]
     assert emb["sample"] == 100 and emb["ours"]["records_per_cpu_s"] > 0 and emb["anchor"]["records_per_s"] > 0
     assert emb["quality"]["cosine_min"] > 0.9999 and emb["quality"]["recall_at_10"] == 1.0
-    for side in ("ours", "anchor"):
+    for side in ("ours", "documents", "anchor"):
         assert fig["storing"][side]["records"] == fig["records"] and fig["storing"][side]["records_per_s"] > 0
     proj = fig["projection"]
     assert proj["records"] == bi.REAL_RECORDS and proj["ours_2_cores_h"] <= proj["ours_1_thread_h"]
+    # every CPU second of both parts over 2 cores, from the same rates
+    e, s = emb["ours"]["records_per_cpu_s"], fig["storing"]["ours"]["records_per_cpu_s"]
+    assert proj["ours_2_cores_pipelined_limit_h"] == pytest.approx(bi.REAL_RECORDS * (1 / e + 1 / s) / 2 / 3600, abs=0.006)
     assert isinstance(proj["meets_target"], bool) and "OMP_NUM_THREADS" in fig["threads"]
 
 
