@@ -196,7 +196,7 @@ def storing_figures(recs: list[dict], dim: int, work: Path, seed: int) -> dict:
     _, wall_b, cpu_b = _timed(bare)
     return {"ours": {"path": f"index add in chunks of {step} (ids checked; title and description as metadata)",
                      **_rates(len(recs), wall_o, cpu_o)},
-            "documents": {"path": f"the same chunks with the descriptions as Chroma documents (full-text indexed)",
+            "documents": {"path": "the same chunks with the descriptions as Chroma documents (full-text indexed)",
                           **_rates(len(recs), wall_d, cpu_d)},
             "anchor": {"path": f"collection.add of vectors only, batches of {cl.get_max_batch_size()}",
                        **_rates(len(recs), wall_b, cpu_b)}}
