@@ -159,6 +159,25 @@ def test_an_index_whose_descriptions_are_documents_still_answers_with_them(data_
     assert (hit["id"], hit["title"], hit["content"]) == (rec["id"], rec["title"], rec["content"])
 
 
+def test_queries_take_the_record_count_from_the_manifest_not_from_chroma(data_dir, tmp_path, monkeypatch):
+    """Chroma's count() costs ~125 ms a call at 1.35M records: a query must not pay it."""
+    out = tmp_path / "idx"
+    rag.run(_cfg(data_dir, out))
+    index = rag.Index.open(out)
+    calls = []
+    real = type(index.collection).count
+    monkeypatch.setattr(type(index.collection), "count", lambda self: calls.append(1) or real(self))
+    for _ in range(3):
+        assert len(index.query(["red cotton shirt"], k=rag.MAX_K)[0]) == 100
+    assert calls == []
+    # a manifest without the count (hand-made): asked once, then remembered
+    index = rag.Index.open(out)
+    index.manifest = {k: v for k, v in index.manifest.items() if k != "count"}
+    for _ in range(3):
+        assert len(index.query(["red cotton shirt"], k=rag.MAX_K)[0]) == 100
+    assert calls == [1]
+
+
 def test_other_data_or_embedder_is_refused_then_rebuild_replaces(data_dir, tmp_path, sample_path):
     out = tmp_path / "idx"
     rag.run(_cfg(data_dir, out))
