@@ -8,8 +8,9 @@ import json
 import shutil
 import sys
 import tempfile
+import time
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Callable, Iterator
 
 BENCHES: dict[str, tuple[str, str]] = {
     "prepare": ("catalogtune.bench.prepare", "prepare on synthetic trn.json.gz vs a pandas baseline"),
@@ -27,6 +28,13 @@ BENCHES: dict[str, tuple[str, str]] = {
 def emit(result: dict) -> None:
     """Print one benchmark result as a single JSON line (the last line is the result)."""
     print(json.dumps(result, sort_keys=False), flush=True)
+
+
+def timed(fn: Callable[[], Any]) -> tuple[Any, float, float]:
+    """(``fn()``, wall seconds, CPU seconds of this process) of one call."""
+    w, c = time.perf_counter(), time.process_time()
+    res = fn()
+    return res, time.perf_counter() - w, time.process_time() - c
 
 
 @contextlib.contextmanager

@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from catalogtune.bench import timed
 from catalogtune.core import config
 from catalogtune.core.util import CatalogtuneError, atomic_dir, atomic_write_json, home, require, torch_threads
 
@@ -215,12 +216,6 @@ def _ct2_call(generator: Any, stop_ids: list[int], id_to_token: Any, max_new_tok
     return call
 
 
-def _timed(fn: Any) -> tuple[Any, float, float]:
-    w, c = time.perf_counter(), time.process_time()
-    res = fn()
-    return res, time.perf_counter() - w, time.process_time() - c
-
-
 def _common_prefix(a: list[int], b: list[int]) -> int:
     n = 0
     for x, y in zip(a, b):
@@ -324,7 +319,7 @@ def run(cfg: BenchEnginesConfig) -> BenchEnginesResult:
         for n, b in enumerate(batches):
             # rotate the start so no engine always runs first (on a warm or a cold cache)
             for s in settings[n % len(settings):] + settings[: n % len(settings)]:
-                rows, w, c = _timed(lambda: s.call([ids[i] for i in b]))
+                rows, w, c = timed(lambda: s.call([ids[i] for i in b]))
                 s.wall, s.cpu = s.wall + w, s.cpu + c
                 s.rows.update(zip(b, rows))
             print(f"bench engines: {sum(len(x) for x in batches[: n + 1])}/{len(ids)} prompts "

@@ -39,6 +39,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from catalogtune.bench import timed
 from catalogtune.core import config
 from catalogtune.core.util import CatalogtuneError, shared_sample, torch_threads
 
@@ -173,12 +174,6 @@ def _plain_generate(gen: Any, prompts: list[str], max_new_tokens: int, rules: tu
     return total, texts
 
 
-def _timed(fn: Any) -> tuple[Any, float, float]:
-    w, c = time.perf_counter(), time.process_time()
-    res = fn()
-    return res, time.perf_counter() - w, time.process_time() - c
-
-
 def run(cfg: BenchGenerateConfig) -> BenchGenerateResult:
     """Time the batched path and the one-at-a-time anchor on the same prompts, batch by batch."""
     from catalogtune.infer.generate import Generator
@@ -224,18 +219,18 @@ def _measure(gen: Any, prompts: list[str], cfg: BenchGenerateConfig) -> dict[str
     s_tokens = st_tokens = st_same = 0
     for start in range(0, len(prompts), 4 * bs):
         chunk = prompts[start : start + 4 * bs]
-        res, w, c = _timed(partial(gen.generate, chunk, max_new_tokens=mnt, batch_size=bs, **kw))
+        res, w, c = timed(partial(gen.generate, chunk, max_new_tokens=mnt, batch_size=bs, **kw))
         outs += res
         b_wall, b_cpu = b_wall + w, b_cpu + c
         if cfg.static:
             continuous, gen.continuous = gen.continuous, False
             try:
-                st, w, _ = _timed(partial(gen.generate, chunk, max_new_tokens=mnt, batch_size=bs, **kw))
+                st, w, _ = timed(partial(gen.generate, chunk, max_new_tokens=mnt, batch_size=bs, **kw))
             finally:
                 gen.continuous = continuous
             st_tokens, st_wall = st_tokens + sum(o.new_tokens for o in st), st_wall + w
             st_same += sum(a.token_ids == b.token_ids for a, b in zip(res, st))
-        (n, texts), w, c = _timed(partial(_plain_generate, gen, chunk, mnt, rules, g))
+        (n, texts), w, c = timed(partial(_plain_generate, gen, chunk, mnt, rules, g))
         s_tokens, s_wall, s_cpu = s_tokens + n, s_wall + w, s_cpu + c
         s_texts += texts
         print(f"bench generate: {start + len(chunk)}/{len(prompts)} prompts "
@@ -277,7 +272,7 @@ def _measure(gen: Any, prompts: list[str], cfg: BenchGenerateConfig) -> dict[str
                        speedup_over_static=round((b_tokens / b_wall) / (st_tokens / st_wall), 2) if st_tokens else None,
                        same_tokens_as_static=st_same)
     if cfg.same_precision_anchor:
-        one, o_wall, _ = _timed(lambda: gen.generate(prompts, max_new_tokens=mnt, batch_size=1, **kw))
+        one, o_wall, _ = timed(lambda: gen.generate(prompts, max_new_tokens=mnt, batch_size=1, **kw))
         o_tokens = sum(o.new_tokens for o in one)
         figures["generator_bs1_tokens_per_s"] = round(o_tokens / o_wall, 2)
         figures["speedup_same_precision"] = round((b_tokens / b_wall) / (o_tokens / o_wall), 2) if o_tokens else None

@@ -28,11 +28,11 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 
-from catalogtune.bench import emit
+from catalogtune.bench import emit, timed
 from catalogtune.core import config
 from catalogtune.core.util import peak_rss_mb
 
@@ -92,13 +92,6 @@ def make_records(n: int, seed: int, work: Path) -> list[dict]:
     return valid_records(clean_file(path))[0]
 
 
-def _timed(fn: Callable[[], Any]) -> tuple[Any, float, float]:
-    """(result, wall seconds, CPU seconds of this process)."""
-    t, c = time.perf_counter(), time.process_time()
-    out = fn()
-    return out, time.perf_counter() - t, time.process_time() - c
-
-
 def _anchor(name: str) -> tuple[str, Callable[[list[str]], np.ndarray], Callable[[], None]]:
     """(label, embed function, warm-up) of the anchor path."""
     from catalogtune.rag.embed import MiniLMEmbedder, get_embedder
@@ -139,10 +132,10 @@ def embedding_figures(cfg: IndexBenchConfig, recs: list[dict]) -> dict:
     ours = get_embedder(cfg.embedder)
     label, anchor, warm = _anchor(cfg.anchor)
     warm()
-    ref, wall_a, cpu_a = _timed(lambda: anchor(texts))
+    ref, wall_a, cpu_a = timed(lambda: anchor(texts))
     if hasattr(ours, "warm"):
         ours.warm()
-    new, wall_o, cpu_o = _timed(lambda: ours.embed(ours_texts, batch_size=ours.batch_size))
+    new, wall_o, cpu_o = timed(lambda: ours.embed(ours_texts, batch_size=ours.batch_size))
     out = {"sample": len(texts), "mean_chars": round(float(np.mean([len(t) for t in texts])), 1),
            "ours": {"path": ours.name, "text": cfg.text, "batch_size": ours.batch_size,
                     "mean_chars": round(float(np.mean([len(t) for t in ours_texts])), 1),
@@ -191,9 +184,9 @@ def storing_figures(recs: list[dict], dim: int, work: Path, seed: int) -> dict:
         for i in range(0, len(recs), big):
             col.add(ids=[r["id"] for r in recs[i : i + big]], embeddings=vecs[i : i + big])
 
-    _, wall_o, cpu_o = _timed(ours)
-    _, wall_d, cpu_d = _timed(documents)
-    _, wall_b, cpu_b = _timed(bare)
+    _, wall_o, cpu_o = timed(ours)
+    _, wall_d, cpu_d = timed(documents)
+    _, wall_b, cpu_b = timed(bare)
     return {"ours": {"path": f"index add in chunks of {step} (ids checked; title and description as metadata)",
                      **_rates(len(recs), wall_o, cpu_o)},
             "documents": {"path": "the same chunks with the descriptions as Chroma documents (full-text indexed)",
@@ -230,7 +223,7 @@ def run(cfg: IndexBenchConfig) -> dict:
     if cfg.workdir is not None:
         shutil.rmtree(Path(cfg.workdir) / "chroma", ignore_errors=True)
     with workdir(cfg.workdir, "ct-bench-index-") as work:
-        recs, gen_s, _ = _timed(lambda: make_records(cfg.records, cfg.seed, work))
+        recs, gen_s, _ = timed(lambda: make_records(cfg.records, cfg.seed, work))
         embed = embedding_figures(cfg, recs)
         from catalogtune.rag.embed import get_embedder
 

@@ -21,12 +21,12 @@ real limit is a little lower. CPU seconds are printed beside wall seconds.
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from unittest import mock
 
+from catalogtune.bench import timed
 from catalogtune.core import config
 from catalogtune.core.util import torch_threads
 
@@ -75,12 +75,6 @@ def _anchor_score(gen: Any, prompts: list[str], refs: list[str], batch_size: int
     return out, pairs
 
 
-def _timed(fn: Any) -> tuple[Any, float, float]:
-    t0, c0 = time.perf_counter(), time.process_time()
-    res = fn()
-    return res, time.perf_counter() - t0, time.process_time() - c0
-
-
 def run(cfg: BenchScoreConfig) -> dict[str, Any]:
     """Score the same records on both paths, alternating; the figures of the JSON line."""
     from catalogtune.bench.ceiling import matmul_ceiling
@@ -97,8 +91,8 @@ def run(cfg: BenchScoreConfig) -> dict[str, Any]:
         gen.score(prompts[:2], refs[:2], batch_size=bs)  # warm-up: allocator, oneDNN kernel choice
         runs: dict[str, list[dict[str, float]]] = {"anchor": [], "ours": []}
         for _ in range(int(cfg.repeats)):
-            (anchor, pairs), wall_a, cpu_a = _timed(lambda: _anchor_score(gen, prompts, refs, bs))
-            ours, wall_o, cpu_o = _timed(lambda: gen.score(prompts, refs, batch_size=bs))
+            (anchor, pairs), wall_a, cpu_a = timed(lambda: _anchor_score(gen, prompts, refs, bs))
+            ours, wall_o, cpu_o = timed(lambda: gen.score(prompts, refs, batch_size=bs))
             runs["anchor"].append({"wall_s": wall_a, "cpu_s": cpu_a})
             runs["ours"].append({"wall_s": wall_o, "cpu_s": cpu_o})
         # the faster of MKL's GEMM (torch.mm) and oneDNN's packed fp32 kernel, ours' own

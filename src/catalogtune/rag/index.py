@@ -594,19 +594,15 @@ def _fill(col: Any, stream: Iterator[tuple[list[dict], int]], total: int, emb: E
 
     with _progress(total, 0, cfg.progress) as bar, ThreadPoolExecutor(1, thread_name_prefix="embed") as pool:
         last = None
-        try:
-            for chunk in _chunks(stream, max(1, min(cfg.chunk, max_batch))):
-                todo = _missing(col, chunk)
-                skipped += len(chunk) - len(todo)
-                job = (todo, len(chunk), pool.submit(vectors, todo) if todo else None)
-                if last is not None:
-                    store(last)
-                last = job
+        for chunk in _chunks(stream, max(1, min(cfg.chunk, max_batch))):
+            todo = _missing(col, chunk)
+            skipped += len(chunk) - len(todo)
+            job = (todo, len(chunk), pool.submit(vectors, todo) if todo else None)
             if last is not None:
                 store(last)
-        finally:
-            if last is not None and last[2] is not None:
-                last[2].cancel()
+            last = job
+        if last is not None:
+            store(last)
     return added, skipped
 
 
@@ -690,6 +686,7 @@ class Index:
     def __init__(self, path: Path | str, manifest: dict, collection: Any, embedder: Embedder) -> None:
         # ``path``: the index folder, or the normalised address of a server index (a str)
         self.path, self.manifest, self.collection, self.embedder = path, manifest, collection, embedder
+        self._count: int | None = None  # the record count, once ``_size`` knows it
 
     @classmethod
     def open(cls, index_dir: str | Path, embedder: Embedder | str | None = None,
@@ -730,7 +727,7 @@ class Index:
         """The record count ``query`` bounds ``k`` with: the complete manifest's, else asked once.
         Chroma's ``count()`` takes ~125 ms at 1.35M records (10 s the first time), more than the
         search itself (2-3 ms), and an opened index is complete and not extended meanwhile."""
-        if getattr(self, "_count", None) is None:
+        if self._count is None:
             known = self.manifest.get("count")
             self._count = known if isinstance(known, int) and not isinstance(known, bool) and known >= 0 \
                 else self.count()
